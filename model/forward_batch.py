@@ -1,0 +1,67 @@
+"""What one forward pass needs to know about its flat batch of tokens, and the paged KV cache.
+
+The engine builds one `ForwardBatch` per step; the model reads it and never keeps it. Requests
+are laid out back to back: request `b` owns tokens `query_start_loc[b]:query_start_loc[b+1]`,
+which are the last `query_lens[b]` of its `seq_lens[b]` context tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.config import LLMConfig
+
+
+@dataclass
+class KVCache:
+    """Paged K and V for every layer: [layers, num_blocks, block_size, kv_heads, head_dim]."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def allocate(
+        cls,
+        config: LLMConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> KVCache:
+        shape = (config.num_hidden_layers, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def num_blocks(self) -> int:
+        return self.key.shape[1]
+
+    @property
+    def block_size(self) -> int:
+        return self.key.shape[2]
+
+    @staticmethod
+    def bytes_per_block(config: LLMConfig, block_size: int, dtype: torch.dtype) -> int:
+        per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+        return per_token * block_size * torch.empty(0, dtype=dtype).element_size()
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64, token index in its sequence
+    visual_mask: torch.Tensor  # [T] bool, True at <IMG_CONTEXT> tokens
+    visual_embeds: torch.Tensor | None  # [V, hidden], rows for the True entries of visual_mask, in order
+    slot_mapping: torch.Tensor  # [T] int64, block * block_size + offset where each token's K/V go
+    block_tables: torch.Tensor  # [B, max_blocks] int64
+    query_lens: list[int]  # [B] tokens of each request in this step
+    seq_lens: list[int]  # [B] context length of each request after this step
+    rope_lens: torch.Tensor | None = None  # [T] sequence length that sets dynamic-NTK scaling
+
+    @property
+    def query_start_loc(self) -> list[int]:
+        starts = [0]
+        for n in self.query_lens:
+            starts.append(starts[-1] + n)
+        return starts

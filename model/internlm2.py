@@ -1,0 +1,130 @@
+"""InternLM2 decoder with a visual-expert FFN per layer (the checkpoint's `language_model`).
+
+Module names are the checkpoint's (`attention.wqkv`, `feed_forward_ve.w1`, ...), so loading is a
+name match. Every forward takes a flat batch of tokens from many requests (`ForwardBatch`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import LLMConfig
+from model.forward_batch import ForwardBatch, KVCache
+from model.paged_attention import paged_attention
+from model.rope import RotaryEmbedding, apply_rotary
+
+
+class InternLM2RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [tokens, hidden]; normalized in float32 as the reference does
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class InternLM2MLP(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.w3 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.w2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class InternLM2Attention(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.wqkv = nn.Linear(config.hidden_size, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=config.bias)
+        self.wo = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=config.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        # x: [T, hidden]; wqkv packs, per KV head, its group of query heads, then one key, one value
+        tokens = x.shape[0]
+        group = self.heads // self.kv_heads
+        qkv = self.wqkv(x).view(tokens, self.kv_heads, group + 2, self.head_dim)
+        q = qkv[:, :, :group].reshape(tokens, self.heads, self.head_dim)
+        k, v = qkv[:, :, group], qkv[:, :, group + 1]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = paged_attention(q, k, v, key_cache, value_cache, batch)
+        return self.wo(out.reshape(tokens, self.heads * self.head_dim))
+
+
+class InternLM2DecoderLayer(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.attention = InternLM2Attention(config)
+        self.feed_forward = InternLM2MLP(config)
+        self.feed_forward_ve = InternLM2MLP(config)
+        self.attention_norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.ffn_norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        batch: ForwardBatch,
+        visual_rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        # x: [T, hidden]; visual_rows: indices of <IMG_CONTEXT> tokens, None when there are none
+        h = x + self.attention(self.attention_norm(x), cos, sin, key_cache, value_cache, batch)
+        return h + self.routed_ffn(self.ffn_norm(h), visual_rows)
+
+    def routed_ffn(self, x: torch.Tensor, visual_rows: torch.Tensor | None) -> torch.Tensor:
+        # Each token runs exactly one expert: gather the image rows, run both groups, scatter back.
+        if visual_rows is None:
+            return self.feed_forward(x)
+        is_text = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        is_text[visual_rows] = False
+        text_rows = is_text.nonzero().squeeze(1)
+        out = torch.empty_like(x)
+        out[visual_rows] = self.feed_forward_ve(x[visual_rows])
+        if text_rows.numel():
+            out[text_rows] = self.feed_forward(x[text_rows])
+        return out
+
+
+class InternLM2Model(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(InternLM2DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, rotary: RotaryEmbedding, kv_cache: KVCache, batch: ForwardBatch) -> torch.Tensor:
+        # x: [T, hidden] input embeddings -> [T, hidden] final hidden states
+        cos, sin = rotary.cos_sin(batch.positions, batch.rope_lens)
+        visual_rows = batch.visual_mask.nonzero().squeeze(1)
+        routed = visual_rows if visual_rows.numel() else None
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, kv_cache.key[i], kv_cache.value[i], batch, routed)
+        return self.norm(x)
+
+
+class InternLM2VEForCausalLM(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.model = InternLM2Model(config)
+        self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

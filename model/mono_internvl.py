@@ -1,0 +1,61 @@
+"""Mono-InternVL: patch embedding + `mlp1` feeding image tokens into the InternLM2-VE decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.forward_batch import ForwardBatch, KVCache
+from model.internlm2 import InternLM2VEForCausalLM
+from model.rope import RotaryEmbedding
+from model.vision import InternVisionPatchModel, pixel_shuffle
+
+
+class MonoInternVL(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        vit_hidden = config.vision.hidden_size * config.shuffle_factor**2
+        llm_hidden = config.llm.hidden_size
+        self.vision_model = InternVisionPatchModel(config.vision)
+        self.mlp1 = nn.Sequential(
+            nn.LayerNorm(vit_hidden),
+            nn.Linear(vit_hidden, llm_hidden),
+            nn.GELU(),
+            nn.Linear(llm_hidden, llm_hidden),
+        )
+        self.language_model = InternLM2VEForCausalLM(config.llm)
+        self.rotary: RotaryEmbedding | None = None
+
+    def prepare(self) -> None:
+        """Build what is derived from the config, on the device the weights now live on."""
+        self.rotary = RotaryEmbedding(self.config.llm, device=self.language_model.output.weight.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.output.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.output.weight.device
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # pixel_values: [tiles, 3, 448, 448] -> [tiles, num_image_token, llm_hidden]
+        patches = self.vision_model(pixel_values)
+        tiles, count, channels = patches.shape
+        side = int(count**0.5)
+        grid = pixel_shuffle(patches.reshape(tiles, side, side, channels), self.config.shuffle_factor)
+        return self.mlp1(grid.reshape(tiles, -1, grid.shape[-1]))
+
+    def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
+        # -> [T, llm_hidden] final hidden states (normed); logits come from compute_logits
+        assert self.rotary is not None, "call prepare() after loading"
+        x = self.language_model.model.tok_embeddings(batch.input_ids)
+        if batch.visual_embeds is not None and batch.visual_embeds.numel():
+            x = x.index_put((batch.visual_mask,), batch.visual_embeds.to(x.dtype))
+        return self.language_model.model(x, self.rotary, kv_cache, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden: [N, llm_hidden] -> [N, vocab] float32
+        return self.language_model.output(hidden).float()

@@ -1,0 +1,76 @@
+"""Chat messages and image bytes in, token ids and image tiles out: everything before the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from engine.inputs import ImageInput, PromptInputs
+from model.config import ModelConfig
+from preprocessing.chat_template import IMG_CONTEXT, STOP_TOKENS, ChatMessage, ImagePart, render_prompt
+from preprocessing.image_decode import decode_image
+from preprocessing.tiling import tile_image, tiles_to_tensor
+from preprocessing.tokenizer import Tokenizer
+
+
+class Preprocessor:
+    def __init__(self, checkpoint_dir: Path, config: ModelConfig, max_image_pixels: int = 64_000_000) -> None:
+        self.config = config
+        self.tokenizer = Tokenizer(checkpoint_dir)
+        self.max_image_pixels = max_image_pixels
+        self.img_context_id = self.tokenizer.token_id(IMG_CONTEXT)
+        self.stop_token_ids = _stop_token_ids(self.tokenizer, checkpoint_dir)
+
+    def max_tiles(self, requested: int | None = None) -> int:
+        """The tile cap: the checkpoint's max_dynamic_patch, lowered by a request, 1 without tiling."""
+        if not self.config.dynamic_image_size:
+            return 1
+        cap = self.config.max_dynamic_patch
+        return max(self.config.min_dynamic_patch, min(cap, requested)) if requested else cap
+
+    def load_image(self, data: bytes, max_tiles: int | None = None) -> ImageInput:
+        image = decode_image(data, self.max_image_pixels)
+        cfg = self.config
+        cap = self.max_tiles(max_tiles)
+        lo = min(cfg.min_dynamic_patch, cap)
+        tiles = tile_image(image, lo, cap, cfg.image_size, cfg.use_thumbnail)
+        digest = hashlib.sha256(data)
+        digest.update(f"|tiles {lo}-{cap} size {cfg.image_size} thumb {cfg.use_thumbnail}".encode())
+        return ImageInput(digest.hexdigest(), tiles_to_tensor(tiles, cfg.image_size))
+
+    def process(self, messages: list[ChatMessage], images: list[ImageInput]) -> PromptInputs:
+        used = sorted(p.index for m in messages for p in m.parts if isinstance(p, ImagePart))
+        if used != list(range(len(images))):
+            raise ValueError(f"image parts {used} do not match the {len(images)} images given")
+        prompt = render_prompt(messages, [self.config.num_image_token * im.num_tiles for im in images])
+        token_ids = self.tokenizer.encode(prompt)
+        return PromptInputs(prompt, token_ids, images, self._image_spans(token_ids, images))
+
+    def _image_spans(self, token_ids: list[int], images: list[ImageInput]) -> list[tuple[int, int]]:
+        spans, k = [], 0
+        while k < len(token_ids):
+            if token_ids[k] != self.img_context_id:
+                k += 1
+                continue
+            start = k
+            while k < len(token_ids) and token_ids[k] == self.img_context_id:
+                k += 1
+            spans.append((start, k))
+        expected = [self.config.num_image_token * im.num_tiles for im in images]
+        if [end - start for start, end in spans] != expected:
+            # Literal "<IMG_CONTEXT>" text in a message would add tokens no image backs.
+            raise ValueError("the prompt's image tokens do not match its images (is <IMG_CONTEXT> in the text?)")
+        return spans
+
+
+def _stop_token_ids(tokenizer: Tokenizer, checkpoint_dir: Path) -> list[int]:
+    """The template's stop tokens and any eos_token_id of generation_config.json."""
+    ids = [tokenizer.token_id(t) for t in STOP_TOKENS]
+    path = Path(checkpoint_dir) / "generation_config.json"
+    if path.is_file():
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+        for token_id in eos if isinstance(eos, list) else [eos]:
+            if isinstance(token_id, int) and token_id not in ids:
+                ids.append(token_id)
+    return ids

@@ -1,0 +1,144 @@
+"""The checkpoint's own tokenizer: sentencepiece plus the added tokens of `tokenizer_config.json`.
+
+Encoding follows the reference (InternLM2Tokenizer on transformers' slow path): the text is split
+on every added or special token (longest match at the earliest position), each token keeps its
+id, and each text chunk between them is encoded by sentencepiece on its own, with the model
+file's own normalizer (so `add_dummy_prefix` applies per chunk). `<s>` goes in front.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+
+@dataclass(frozen=True)
+class AddedToken:
+    content: str
+    id: int
+    special: bool
+    lstrip: bool = False
+    rstrip: bool = False
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that is missing or inconsistent."""
+
+
+class Tokenizer:
+    def __init__(self, checkpoint_dir: str | Path) -> None:
+        directory = Path(checkpoint_dir)
+        model_file = directory / "tokenizer.model"
+        if not model_file.is_file():
+            raise TokenizerError(f"no tokenizer.model in {directory}")
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        config = _read_json(directory / "tokenizer_config.json")
+        self.add_bos = bool(config.get("add_bos_token", True))
+        self.add_eos = bool(config.get("add_eos_token", False))
+        self.added = _added_tokens(self.sp, config, directory)
+        by_length = sorted(self.added, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(map(re.escape, by_length)) + ")") if by_length else None
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        self.vocab_size = max([self.sp.get_piece_size() - 1, *(t.id for t in self.added.values())]) + 1
+        self.special_ids = frozenset(
+            [t.id for t in self.added.values() if t.special]
+            + [i for i in (self.bos_id, self.eos_id, self.sp.pad_id()) if i >= 0]
+        )
+        self._added_by_id = {t.id: t for t in self.added.values()}
+
+    def token_id(self, token: str) -> int:
+        """The id of one token by its string; an error if the vocabulary has no such token."""
+        if token in self.added:
+            return self.added[token].id
+        piece_id = self.sp.piece_to_id(token)
+        if piece_id == self.sp.unk_id() and token != self.sp.id_to_piece(piece_id):
+            raise TokenizerError(f"the tokenizer has no token {token!r}")
+        return piece_id
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [self.bos_id] if add_special_tokens and self.add_bos else []
+        for chunk, token in self._chunks(text):
+            if token is not None:
+                ids.append(token.id)
+            elif chunk:
+                ids.extend(self.sp.encode(chunk))
+        if add_special_tokens and self.add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def _chunks(self, text: str) -> list[tuple[str, AddedToken | None]]:
+        if self._split is None:
+            return [(text, None)]
+        parts = self._split.split(text)
+        chunks: list[tuple[str, AddedToken | None]] = [
+            (part, self.added[part] if k % 2 else None) for k, part in enumerate(parts)
+        ]
+        # lstrip/rstrip added tokens eat the whitespace beside them, as transformers does.
+        for k in range(1, len(chunks), 2):
+            token = chunks[k][1]
+            assert token is not None
+            if token.rstrip:
+                chunks[k + 1] = (chunks[k + 1][0].lstrip(), None)
+            if token.lstrip:
+                chunks[k - 1] = (chunks[k - 1][0].rstrip(), None)
+        return chunks
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of the ids; special tokens dropped, added non-special tokens as their string."""
+        out: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if skip_special_tokens and i in self.special_ids:
+                continue
+            token = self._added_by_id.get(i)
+            if token is None:
+                run.append(i)
+                continue
+            out.append(self.sp.decode(run))
+            out.append(token.content)
+            run = []
+        out.append(self.sp.decode(run))
+        return "".join(out)
+
+    def id_to_piece(self, token_id: int) -> str:
+        token = self._added_by_id.get(token_id)
+        return token.content if token else self.sp.id_to_piece(token_id)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+
+
+def _added_tokens(sp: spm.SentencePieceProcessor, config: dict, directory: Path) -> dict[str, AddedToken]:
+    """Every token that is never split: added_tokens_decoder, added_tokens.json, special tokens."""
+    tokens: dict[str, AddedToken] = {}
+    for key, spec in config.get("added_tokens_decoder", {}).items():
+        tokens[spec["content"]] = AddedToken(
+            spec["content"],
+            int(key),
+            bool(spec.get("special", False)),
+            bool(spec.get("lstrip", False)),
+            bool(spec.get("rstrip", False)),
+        )
+    for content, token_id in _read_json(directory / "added_tokens.json").items():
+        tokens.setdefault(content, AddedToken(content, int(token_id), special=True))
+    specials = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
+    specials += config.get("additional_special_tokens", [])
+    for entry in specials:
+        content = entry.get("content") if isinstance(entry, dict) else entry
+        if not content or content in tokens:
+            continue
+        piece_id = sp.piece_to_id(content)
+        if piece_id == sp.unk_id() and content != sp.id_to_piece(piece_id):
+            raise TokenizerError(f"special token {content!r} is neither in tokenizer.model nor added")
+        tokens[content] = AddedToken(content, piece_id, special=True)
+    return tokens

@@ -1,0 +1,123 @@
+"""The `monovl` command: `generate` offline and `make-tiny-checkpoint`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from model.tiny_weights import TinyShape
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint directory or hub id (default: the tiny demo checkpoint)")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monovl", description="Serve Mono-InternVL models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="answer one chat offline and print the result")
+    _add_model_args(gen)
+    gen.add_argument("--image", action="append", default=[], help="image file (repeatable, in order)")
+    gen.add_argument("--prompt", required=True, help="the user's question")
+    gen.add_argument("--system", help="system message (default: the model's own)")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--max-num-tiles", type=int, help="cap on tiles per image (default: the checkpoint's)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--json", action="store_true", help="print one JSON object with ids and logprobs")
+
+    tiny = commands.add_parser("make-tiny-checkpoint", help="write a random-weight checkpoint in the real layout")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--shards", type=int, default=2)
+    tiny.add_argument("--vocab-size", type=int, default=1000, help="sentencepiece pieces (before added tokens)")
+    tiny.add_argument("--add-dummy-prefix", type=int, choices=[0, 1], default=1)
+    defaults = TinyShape()
+    for field in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vit_hidden", "max_position_embeddings"):
+        tiny.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    tiny.add_argument("--rope-scaling", default=defaults.rope_scaling, help="none, dynamic:F or linear:F")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from model.config import ConfigError
+    from model.loader import CheckpointError
+    from preprocessing.image_decode import ImageError
+    from preprocessing.tokenizer import TokenizerError
+
+    try:
+        if args.command == "generate":
+            _generate(args)
+        else:
+            _make_tiny_checkpoint(args)
+    except (CheckpointError, ConfigError, TokenizerError, ImageError, OSError, ValueError) as e:
+        parser.exit(2, f"monovl: error: {e}\n")
+
+
+def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
+    from server.tiny_checkpoint import make_tiny_checkpoint
+
+    shape = TinyShape(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate,
+        vit_hidden=args.vit_hidden,
+        rope_scaling=args.rope_scaling,
+        max_position_embeddings=args.max_position_embeddings,
+    )
+    out = make_tiny_checkpoint(
+        args.directory, args.seed, shape, args.vocab_size, args.shards, bool(args.add_dummy_prefix)
+    )
+    print(out)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from engine.generate import generate
+    from engine.sampler import SamplingParams
+    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+    from server.model_loading import load_checkpoint
+
+    images = [Path(p).read_bytes() for p in args.image]
+    loaded = load_checkpoint(args.model, args.dtype, args.device)
+    pre = loaded.preprocessor
+    image_inputs = [pre.load_image(data, args.max_num_tiles) for data in images]
+    messages = [] if args.system is None else [ChatMessage.text("system", args.system)]
+    parts = (*(ImagePart(k) for k in range(len(images))), TextPart(args.prompt))
+    messages.append(ChatMessage("user", parts))
+    inputs = pre.process(messages, image_inputs)
+    params = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_tokens=args.max_tokens
+    )
+    result = generate(loaded.model, inputs, params, pre.stop_token_ids, pre.img_context_id)
+    text = pre.tokenizer.decode(result.token_ids)
+    if not args.json:
+        print(text)
+        return
+    record = {
+        "prompt": inputs.prompt,
+        "prompt_token_ids": inputs.token_ids,
+        "token_ids": result.token_ids,
+        "text": text,
+        "finish_reason": result.finish_reason,
+        "logprobs": [
+            {"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": [list(p) for p in lp.top_logprobs]}
+            for lp in result.logprobs
+        ],
+    }
+    json.dump(record, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

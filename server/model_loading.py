@@ -1,0 +1,45 @@
+"""Turn the user's --model/--dtype/--device into a loaded model and its preprocessor."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
+from model.mono_internvl import MonoInternVL
+from preprocessing.processor import Preprocessor
+from server.tiny_checkpoint import ensure_demo_checkpoint
+
+
+@dataclass
+class LoadedCheckpoint:
+    directory: Path
+    model: MonoInternVL
+    preprocessor: Preprocessor
+
+
+def parse_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CheckpointError(f"unknown device {name!r}: use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def load_checkpoint(model: str | None, dtype: str, device: str) -> LoadedCheckpoint:
+    if model is None:
+        directory, created = ensure_demo_checkpoint()
+        verb = "created" if created else "using"
+        print(f"monovl: no --model given; {verb} the tiny random demo checkpoint {directory}", file=sys.stderr)
+    else:
+        directory = resolve_checkpoint(model)
+    torch_device = parse_device(device)
+    loaded = load_model(directory, parse_dtype(dtype, torch_device), torch_device)
+    return LoadedCheckpoint(directory, loaded, Preprocessor(directory, loaded.config))
