@@ -63,11 +63,11 @@ def main() -> None:
     ref, ours = run_reference(args), run_ours(args)
     same_prompt = ref["prompt_token_ids"] == ours["prompt_token_ids"]
     same_ids = ref["generated_token_ids"] == ours["token_ids"]
-    diffs = [abs(s["logprob"] - o["logprob"]) for s, o in zip(ref["steps"], ours["logprobs"])]
+    diffs = [abs(s["logprob"] - o["logprob"]) for s, o in zip(ref["steps"], ours["logprobs"], strict=False)]
     top_diffs = [
         abs(a[1] - b[1])
-        for s, o in zip(ref["steps"], ours["logprobs"])
-        for a, b in zip(s["top5"], o["top_logprobs"])
+        for s, o in zip(ref["steps"], ours["logprobs"], strict=False)
+        for a, b in zip(s["top5"], o["top_logprobs"], strict=False)
         if a[0] == b[0]
     ]
     ok = same_prompt and same_ids and max(diffs + top_diffs, default=0) < 1e-4

@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", action="append", default=[], help="image file (repeatable, in order)")
     gen.add_argument("--prompt", required=True, help="the user's question")
     gen.add_argument("--system", help="system message (default: the model's own)")
+    gen.add_argument(
+        "--history-json",
+        type=Path,
+        help="earlier turns: a JSON list of [question, answer] pairs; images go with the first question",
+    )
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--max-num-tiles", type=int, help="cap on tiles per image (default: the checkpoint's)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
@@ -82,19 +87,32 @@ def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
     print(out)
 
 
+def _conversation(args: argparse.Namespace, num_images: int) -> list:
+    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+
+    turns = json.loads(args.history_json.read_text(encoding="utf-8")) if args.history_json else []
+    if not isinstance(turns, list) or not all(isinstance(t, list) and len(t) == 2 for t in turns):
+        raise ValueError("--history-json must hold a list of [question, answer] pairs")
+    messages = [] if args.system is None else [ChatMessage.text("system", args.system)]
+    images = tuple(ImagePart(k) for k in range(num_images))
+    for question, answer in turns:
+        messages.append(ChatMessage("user", (*images, TextPart(question))))
+        messages.append(ChatMessage.text("assistant", answer))
+        images = ()
+    messages.append(ChatMessage("user", (*images, TextPart(args.prompt))))
+    return messages
+
+
 def _generate(args: argparse.Namespace) -> None:
     from engine.generate import generate
     from engine.sampler import SamplingParams
-    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
     from server.model_loading import load_checkpoint
 
     images = [Path(p).read_bytes() for p in args.image]
     loaded = load_checkpoint(args.model, args.dtype, args.device)
     pre = loaded.preprocessor
     image_inputs = [pre.load_image(data, args.max_num_tiles) for data in images]
-    messages = [] if args.system is None else [ChatMessage.text("system", args.system)]
-    parts = (*(ImagePart(k) for k in range(len(images))), TextPart(args.prompt))
-    messages.append(ChatMessage("user", parts))
+    messages = _conversation(args, len(images))
     inputs = pre.process(messages, image_inputs)
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_tokens=args.max_tokens

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny checkpoints made on the spot (nothing is downloaded) and images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.loader import load_model
+from model.tiny_weights import TinyShape
+from preprocessing.processor import Preprocessor
+from server.tiny_checkpoint import make_tiny_checkpoint
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir: Path):
+    return load_model(tiny_dir, torch.float32, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def preprocessor(tiny_dir: Path, tiny_model) -> Preprocessor:
+    return Preprocessor(tiny_dir, tiny_model.config)
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """Factory for checkpoints of other shapes, cached per argument set."""
+    made: dict[tuple, Path] = {}
+
+    def make(**kwargs) -> Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in made:
+            shape = TinyShape(**{k: v for k, v in kwargs.items() if k in TinyShape.__dataclass_fields__})
+            rest = {k: v for k, v in kwargs.items() if k not in TinyShape.__dataclass_fields__}
+            made[key] = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), shape=shape, **rest)
+        return made[key]
+
+    return make
+
+
+def png_bytes(width: int, height: int, mode: str = "RGB", seed: int = 0, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()

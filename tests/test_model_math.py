@@ -1,0 +1,93 @@
+"""The whole model, loaded from a checkpoint, against float64 math written from the spec."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.generate import generate, visual_embeddings
+from engine.sampler import SamplingParams
+from model.forward_batch import ForwardBatch, KVCache
+from model.loader import load_model, weight_files
+from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from preprocessing.processor import Preprocessor
+from tests.conftest import png_bytes
+from tests.naive_math import embed_images, language_model_logits
+
+
+def state_dict(directory):
+    sd = {}
+    for path in weight_files(directory):
+        sd.update(load_file(str(path)))
+    return sd
+
+
+def prefill_logits(model, inputs, img_context_id):
+    n = inputs.num_tokens
+    ids = torch.tensor(inputs.token_ids)
+    positions = torch.arange(n)
+    cache = KVCache.allocate(model.config.llm, -(-n // 16), 16, torch.float32)
+    batch = ForwardBatch(
+        input_ids=ids,
+        positions=positions,
+        visual_mask=ids == img_context_id,
+        visual_embeds=visual_embeddings(model, inputs),
+        slot_mapping=positions,
+        block_tables=torch.arange(cache.num_blocks)[None],
+        query_lens=[n],
+        seq_lens=[n],
+        rope_lens=torch.full_like(positions, n),
+    )
+    return model.compute_logits(model(batch, cache))
+
+
+def image_prompt(pre: Preprocessor, width=500, height=300):
+    image = pre.load_image(png_bytes(width, height, seed=3), max_tiles=2)
+    message = ChatMessage("user", (ImagePart(0), TextPart("What is this?")))
+    return pre.process([message], [image])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {},
+        {"heads": 8, "kv_heads": 2, "hidden": 64},
+        {"heads": 3, "kv_heads": 3, "hidden": 48, "intermediate": 40, "vit_hidden": 12},
+        {"max_position_embeddings": 128},  # the prompt exceeds it: dynamic NTK rescales the base
+        {"rope_scaling": "linear:3.0"},
+    ],
+)
+def test_prefill_logits_match_float64_math(make_checkpoint, shape):
+    directory = make_checkpoint(**shape)
+    model = load_model(directory, torch.float32, torch.device("cpu"))
+    pre = Preprocessor(directory, model.config)
+    inputs = image_prompt(pre)
+    assert len(inputs.images[0].pixel_values) == 3  # 2x1 grid + thumbnail
+    sd = state_dict(directory)
+    llm = json.loads((directory / "config.json").read_text())["llm_config"]
+    visual = embed_images(sd, inputs.images[0].pixel_values, patch=14).reshape(-1, llm["hidden_size"])
+    torch.testing.assert_close(visual_embeddings(model, inputs).double(), visual, rtol=1e-4, atol=1e-4)
+    mask = [t == pre.img_context_id for t in inputs.token_ids]
+    expected = language_model_logits(sd, llm, inputs.token_ids, mask, visual)
+    ours = prefill_logits(model, inputs, pre.img_context_id).double()
+    assert (ours - expected).abs().max() < 2e-3 * expected.abs().max()
+    torch.testing.assert_close(torch.log_softmax(ours, -1), torch.log_softmax(expected, -1), rtol=0, atol=2e-3)
+
+
+def test_cached_decoding_matches_full_recompute(tiny_dir, tiny_model, preprocessor):
+    inputs = image_prompt(preprocessor)
+    params = SamplingParams(max_tokens=8)
+    result = generate(tiny_model, inputs, params, stop_token_ids=[], img_context_id=preprocessor.img_context_id)
+    assert len(result.token_ids) == 8
+    sd = state_dict(tiny_dir)
+    llm = json.loads((tiny_dir / "config.json").read_text())["llm_config"]
+    ids = inputs.token_ids + result.token_ids[:-1]
+    mask = [t == preprocessor.img_context_id for t in ids]
+    visual = visual_embeddings(tiny_model, inputs)
+    logits = language_model_logits(sd, llm, ids, mask, visual)[inputs.num_tokens - 1 :]
+    logprobs = torch.log_softmax(logits, -1)
+    for step, lp in enumerate(result.logprobs):
+        assert lp.token_id == int(torch.argmax(logprobs[step]))
+        assert abs(lp.logprob - float(logprobs[step, lp.token_id])) < 1e-3
+        assert [i for i, _ in lp.top_logprobs] == torch.topk(logprobs[step], 5).indices.tolist()

@@ -1,0 +1,80 @@
+"""Token ids against sentencepiece itself, with special and added tokens in the text."""
+
+import json
+
+import pytest
+import sentencepiece as spm
+
+from preprocessing.tokenizer import Tokenizer, TokenizerError
+
+
+@pytest.fixture(scope="module", params=[1, 0], ids=["dummy-prefix", "no-dummy-prefix"])
+def checkpoint(request, make_checkpoint):
+    return make_checkpoint(add_dummy_prefix=bool(request.param))
+
+
+def sp_of(directory):
+    return spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+
+
+def test_ids_are_looked_up_by_string_with_the_real_layout(checkpoint):
+    tok, sp = Tokenizer(checkpoint), sp_of(checkpoint)
+    pieces = sp.get_piece_size()
+    assert (tok.token_id("<unk>"), tok.token_id("<s>"), tok.token_id("</s>")) == (0, 1, 2)
+    assert tok.token_id("<|im_start|>") == pieces - 1 and tok.token_id("<|im_end|>") == pieces - 2
+    assert tok.token_id("<img>") == pieces and tok.token_id("</box>") == pieces + 8
+    assert tok.vocab_size == pieces + 9
+    with pytest.raises(TokenizerError):
+        tok.token_id("<not-a-token>")
+
+
+def test_special_tokens_split_the_text_and_each_chunk_is_encoded_alone(checkpoint):
+    tok, sp = Tokenizer(checkpoint), sp_of(checkpoint)
+    text = "<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nWhat is it?<|im_end|><|im_start|>assistant\n"
+    ids = [tok.token_id(t) for t in ("<|im_start|>",)] + sp.encode("user\n")
+    ids += [tok.token_id(t) for t in ("<img>", "<IMG_CONTEXT>", "<IMG_CONTEXT>", "</img>")]
+    ids += [*sp.encode("\nWhat is it?"), tok.token_id("<|im_end|>"), tok.token_id("<|im_start|>")]
+    ids += sp.encode("assistant\n")
+    assert tok.encode(text) == [1, *ids]
+    assert tok.encode(text, add_special_tokens=False) == ids
+
+
+def test_dummy_prefix_follows_the_model_file(make_checkpoint):
+    with_prefix, without = (
+        Tokenizer(make_checkpoint(add_dummy_prefix=True)),
+        Tokenizer(make_checkpoint(add_dummy_prefix=False)),
+    )
+    first_with = with_prefix.id_to_piece(with_prefix.encode("</img>\nHello", False)[1])
+    first_without = without.id_to_piece(without.encode("</img>\nHello", False)[1])
+    assert first_with.startswith("▁") and not first_without.startswith("▁")
+
+
+def test_literal_special_tokens_and_bos_in_user_text(checkpoint):
+    tok = Tokenizer(checkpoint)
+    ids = tok.encode("a</s><s>b", add_special_tokens=False)
+    assert 2 in ids and 1 in ids
+
+
+def test_text_without_specials_equals_sentencepiece(checkpoint):
+    tok, sp = Tokenizer(checkpoint), sp_of(checkpoint)
+    for text in ["", "Hello, world!", "图片中有一只猫", "emoji 🙂 and \t tabs\n\nnew lines", "3.14159 x 448"]:
+        assert tok.encode(text) == [1, *sp.encode(text)]
+
+
+def test_rstrip_and_lstrip_tokens_eat_whitespace(tmp_path, tiny_dir):
+    for name in ("tokenizer.model", "special_tokens_map.json", "added_tokens.json"):
+        (tmp_path / name).write_bytes((tiny_dir / name).read_bytes())
+    config = json.loads((tiny_dir / "tokenizer_config.json").read_text())
+    img_id = next(k for k, v in config["added_tokens_decoder"].items() if v["content"] == "<img>")
+    config["added_tokens_decoder"][img_id].update(lstrip=True, rstrip=True)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok, sp = Tokenizer(tmp_path), sp_of(tiny_dir)
+    assert tok.encode("a  <img>  b", False) == [*sp.encode("a"), int(img_id), *sp.encode("b")]
+
+
+def test_decode_skips_special_tokens_and_joins_bytes(tiny_dir):
+    tok = Tokenizer(tiny_dir)
+    text = "Describe 图片 🙂 please."
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode([tok.token_id("<|im_start|>"), *ids, tok.token_id("<|im_end|>"), 2]) == text
+    assert tok.decode([tok.token_id("<img>")], skip_special_tokens=False) == "<img>"
