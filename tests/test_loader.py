@@ -1,0 +1,103 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint, weight_files
+
+CPU = torch.device("cpu")
+
+
+def single_file_copy(src, dst, edit=None):
+    """dst: a copy of checkpoint src with all weights in one model.safetensors, edited by `edit`."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model*.safetensors*"))
+    tensors = {}
+    for path in weight_files(src):
+        tensors.update(load_file(str(path)))
+    if edit:
+        edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_sharded_and_single_file_load_the_same_weights(tiny_dir, tmp_path):
+    sharded = load_model(tiny_dir, torch.float32, CPU)
+    single = load_model(single_file_copy(tiny_dir, tmp_path / "single"), torch.float32, CPU)
+    assert len(weight_files(tiny_dir)) == 2
+    for (name, a), (_, b) in zip(sharded.state_dict().items(), single.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_dtype_is_applied_to_every_parameter(tiny_dir):
+    model = load_model(tiny_dir, torch.bfloat16, CPU)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in model.parameters())
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_named(tiny_dir, tmp_path):
+    def edit(tensors):
+        del tensors["language_model.model.layers.1.feed_forward_ve.w2.weight"]
+        tensors["language_model.model.layers.9.extra.weight"] = torch.zeros(2)
+        tensors["mlp1.1.bias"] = torch.zeros(3)
+
+    broken = single_file_copy(tiny_dir, tmp_path / "broken", edit)
+    with pytest.raises(CheckpointError) as error:
+        load_model(broken, torch.float32, CPU)
+    message = str(error.value)
+    assert "missing: language_model.model.layers.1.feed_forward_ve.w2.weight" in message
+    assert "unexpected: language_model.model.layers.9.extra.weight" in message
+    assert "mis-shaped: mlp1.1.bias (checkpoint (3,), model (64,))" in message
+
+
+def test_missing_shard_and_missing_weights(tiny_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    (copy / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002"):
+        load_model(copy, torch.float32, CPU)
+    for path in copy.glob("model*"):
+        path.unlink()
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
+        load_model(copy, torch.float32, CPU)
+
+
+def test_dtypes():
+    assert parse_dtype("auto", CPU) == torch.float32
+    assert parse_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert parse_dtype("bfloat16", CPU) == torch.bfloat16
+    with pytest.raises(CheckpointError, match="NaN in float16"):
+        parse_dtype("float16", CPU)
+    with pytest.raises(CheckpointError, match="unknown dtype"):
+        parse_dtype("int8", CPU)
+
+
+def test_paths_that_are_neither_directory_nor_hub_id(tmp_path):
+    for bad in (str(tmp_path / "absent"), "./relative/absent", "not-a-hub-id", "a/b/c"):
+        with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a hub id"):
+            resolve_checkpoint(bad)
+
+
+def run_resolve(model: str, hf_home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    code = "import sys; from model.loader import resolve_checkpoint; print(resolve_checkpoint(sys.argv[1]))"
+    return subprocess.run([sys.executable, "-c", code, model], env=env, capture_output=True, text=True)
+
+
+def test_hub_id_resolves_from_the_hf_cache_offline(tiny_dir, tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--OpenGVLab--Mono-InternVL-2B"
+    shutil.copytree(tiny_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    found = run_resolve("OpenGVLab/Mono-InternVL-2B", tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(repo / "snapshots" / commit)
+
+
+def test_hub_id_missing_offline_is_a_clear_error(tmp_path):
+    result = run_resolve("OpenGVLab/Mono-InternVL-2B", tmp_path)
+    assert result.returncode != 0 and "not in the Hugging Face cache" in result.stderr
