@@ -104,33 +104,46 @@ def _conversation(args: argparse.Namespace, num_images: int) -> list:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from engine.generate import generate
-    from engine.sampler import SamplingParams
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling_params import SamplingParams
     from server.model_loading import load_checkpoint
 
     images = [Path(p).read_bytes() for p in args.image]
     loaded = load_checkpoint(args.model, args.dtype, args.device)
     pre = loaded.preprocessor
     image_inputs = [pre.load_image(data, args.max_num_tiles) for data in images]
-    messages = _conversation(args, len(images))
-    inputs = pre.process(messages, image_inputs)
+    inputs = pre.process(_conversation(args, len(images)), image_inputs)
     params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_tokens=args.max_tokens
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        logprobs=5 if args.json else None,
     )
-    result = generate(loaded.model, inputs, params, pre.stop_token_ids, pre.img_context_id)
-    text = pre.tokenizer.decode(result.token_ids)
+    # A pool just large enough for this one request, with room to spare for the last block.
+    blocks = (inputs.num_tokens + args.max_tokens) // 16 + 2
+    engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=blocks, max_num_batched_tokens=8192))
+    engine.add_request("generate", inputs, params)
+    token_ids, logprobs, text, finish_reason = [], [], "", None
+    while engine.has_unfinished():
+        for output in engine.step():
+            token_ids += output.new_token_ids
+            logprobs += output.new_logprobs
+            text += output.new_text
+            finish_reason = output.finish_reason
     if not args.json:
         print(text)
         return
     record = {
         "prompt": inputs.prompt,
         "prompt_token_ids": inputs.token_ids,
-        "token_ids": result.token_ids,
+        "token_ids": token_ids,
         "text": text,
-        "finish_reason": result.finish_reason,
+        "finish_reason": finish_reason,
         "logprobs": [
             {"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": [list(p) for p in lp.top_logprobs]}
-            for lp in result.logprobs
+            for lp in logprobs
         ],
     }
     json.dump(record, sys.stdout, ensure_ascii=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from engine.llm_engine import TokenizerInfo
 from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
 from model.mono_internvl import MonoInternVL
 from preprocessing.processor import Preprocessor
@@ -19,6 +20,11 @@ class LoadedCheckpoint:
     directory: Path
     model: MonoInternVL
     preprocessor: Preprocessor
+
+    @property
+    def tokens(self) -> TokenizerInfo:
+        pre = self.preprocessor
+        return TokenizerInfo(pre.tokenizer, tuple(pre.stop_token_ids), pre.img_context_id)
 
 
 def parse_device(name: str) -> torch.device:

@@ -6,14 +6,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.generate import generate, visual_embeddings
-from engine.sampler import SamplingParams
+from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
+from engine.sampling_params import SamplingParams
 from model.forward_batch import ForwardBatch, KVCache
 from model.loader import load_model, weight_files
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from preprocessing.processor import Preprocessor
 from tests.conftest import png_bytes
 from tests.naive_math import embed_images, language_model_logits
+
+
+def visual_embeddings(model, inputs):
+    return torch.cat([model.embed_images(im.pixel_values).flatten(0, 1) for im in inputs.images])
 
 
 def state_dict(directory):
@@ -75,19 +79,25 @@ def test_prefill_logits_match_float64_math(make_checkpoint, shape):
     torch.testing.assert_close(torch.log_softmax(ours, -1), torch.log_softmax(expected, -1), rtol=0, atol=2e-3)
 
 
-def test_cached_decoding_matches_full_recompute(tiny_dir, tiny_model, preprocessor):
+def test_chunked_prefill_and_cached_decoding_match_full_recompute(tiny_dir, tiny_model, preprocessor):
     inputs = image_prompt(preprocessor)
-    params = SamplingParams(max_tokens=8)
-    result = generate(tiny_model, inputs, params, stop_token_ids=[], img_context_id=preprocessor.img_context_id)
-    assert len(result.token_ids) == 8
+    tokens = TokenizerInfo(preprocessor.tokenizer, (), preprocessor.img_context_id)
+    engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, max_num_batched_tokens=128))
+    engine.add_request("r", inputs, SamplingParams(temperature=0, max_tokens=8, logprobs=5))
+    token_ids, logprobs = [], []
+    while engine.has_unfinished():
+        for output in engine.step():
+            token_ids += output.new_token_ids
+            logprobs += output.new_logprobs
+    assert len(token_ids) == 8 and engine.num_free_blocks == 64
     sd = state_dict(tiny_dir)
     llm = json.loads((tiny_dir / "config.json").read_text())["llm_config"]
-    ids = inputs.token_ids + result.token_ids[:-1]
+    ids = inputs.token_ids + token_ids[:-1]
     mask = [t == preprocessor.img_context_id for t in ids]
     visual = visual_embeddings(tiny_model, inputs)
     logits = language_model_logits(sd, llm, ids, mask, visual)[inputs.num_tokens - 1 :]
-    logprobs = torch.log_softmax(logits, -1)
-    for step, lp in enumerate(result.logprobs):
-        assert lp.token_id == int(torch.argmax(logprobs[step]))
-        assert abs(lp.logprob - float(logprobs[step, lp.token_id])) < 1e-3
-        assert [i for i, _ in lp.top_logprobs] == torch.topk(logprobs[step], 5).indices.tolist()
+    expected = torch.log_softmax(logits, -1)
+    for step, lp in enumerate(logprobs):
+        assert lp.token_id == int(torch.argmax(expected[step]))
+        assert abs(lp.logprob - float(expected[step, lp.token_id])) < 1e-3
+        assert [i for i, _ in lp.top_logprobs] == torch.topk(expected[step], 5).indices.tolist()

@@ -1,0 +1,221 @@
+"""The engine: requests in, a step at a time, `RequestOutput`s out. No threads, no HTTP."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from engine.block_pool import BlockPool
+from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
+from engine.inputs import PromptInputs
+from engine.model_runner import ModelRunner
+from engine.outputs import RequestOutput
+from engine.request import Request
+from engine.sampler import sample
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledChunk, Scheduler
+from engine.vision_cache import VisionCache
+from model.forward_batch import KVCache
+from model.mono_internvl import MonoInternVL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: from kv_cache_memory
+    kv_cache_memory: float = 1.0  # GiB for the KV pool
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    # None: what the KV pool holds. The reference sets no limit (RoPE, dynamic NTK above all, runs
+    # past max_position_embeddings), so neither does monovl unless asked.
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take (too long for the context, a duplicate id)."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    decoder: TokenDecoder
+    stop_token_ids: tuple[int, ...]  # the template's and generation_config's; ignore_eos drops them
+    img_context_id: int
+
+
+class LLMEngine:
+    def __init__(self, model: MonoInternVL, tokens: TokenizerInfo, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.model = model
+        self.tokens = tokens
+        llm = model.config.llm
+        block_size = self.config.block_size
+        num_blocks = self.config.num_kv_blocks or max(
+            2,
+            int(self.config.kv_cache_memory * 2**30 // KVCache.bytes_per_block(llm, block_size, model.dtype)),
+        )
+        self.kv_cache = KVCache.allocate(llm, num_blocks, block_size, model.dtype, model.device)
+        self.block_pool = BlockPool(num_blocks, block_size, self.config.enable_prefix_caching)
+        self.max_model_len = min(self.config.max_model_len or num_blocks * block_size, num_blocks * block_size)
+        self.scheduler = Scheduler(
+            self.block_pool, self.config.max_num_seqs, self.config.max_num_batched_tokens, self._rope_seed
+        )
+        vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
+        self.runner = ModelRunner(model, self.kv_cache, tokens.img_context_id, vision_cache)
+        self.requests: dict[tuple[str, int], Request] = {}
+
+    # ------------------------------------------------------------------ requests in
+    def add_request(self, request_id: str, prompt: PromptInputs, params: SamplingParams) -> None:
+        if any(key[0] == request_id for key in self.requests):
+            raise RequestError(None, f"request id {request_id!r} is already running")
+        if prompt.num_tokens >= self.max_model_len:
+            raise RequestError(
+                "messages",
+                f"the prompt is {prompt.num_tokens} tokens (images included); this model's context is "
+                f"{self.max_model_len} tokens and at least one must be left to generate",
+            )
+        params = _cap_max_tokens(params, self.max_model_len - prompt.num_tokens)
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else frozenset(self.tokens.stop_token_ids)
+        )
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.model.device).manual_seed(params.seed + index)
+            request = Request(
+                request_id=request_id,
+                index=index,
+                prompt=prompt,
+                params=params,
+                stop_token_ids=stop_ids,
+                detokenizer=IncrementalDetokenizer(self.tokens.decoder, params.stop, params.skip_special_tokens),
+                generator=generator,
+            )
+            self.requests[request.key] = request
+            self.scheduler.add(request)
+
+    def abort_request(self, request_id: str) -> None:
+        for request in [r for key, r in self.requests.items() if key[0] == request_id]:
+            request.finish("abort")
+            self._retire(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> list[RequestOutput]:
+        chunks = self.scheduler.schedule()
+        outputs = []
+        for request in self.scheduler.unschedulable:
+            request.finish("length")  # the whole KV pool cannot hold its context
+            outputs.append(self._output(request))
+        self.scheduler.unschedulable.clear()
+        if not chunks:
+            return outputs
+        try:
+            logits = self.runner.execute(chunks)
+        except Exception as error:
+            return outputs + self._isolate_failure(chunks, error)
+        return outputs + self._postprocess(chunks, logits)
+
+    def _postprocess(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
+        sampling = [c.request for c in chunks if c.samples]
+        for chunk in chunks:
+            chunk.request.num_computed_tokens += chunk.num_tokens
+        if not sampling:
+            return []
+        result = sample(logits, sampling)
+        outputs = []
+        for request, token, logprob in zip(sampling, result.token_ids, result.logprobs, strict=True):
+            if logprob is not None:
+                request.new_logprobs.append(logprob)
+            request.token_ids.append(token)
+            self._check_finished(request, token)
+            outputs.append(self._output(request))
+        return outputs
+
+    def _check_finished(self, request: Request, token: int) -> None:
+        stop_string = request.detokenizer.append(token)
+        if stop_string is not None or token in request.stop_token_ids:
+            request.finish("stop")
+        elif request.num_output_tokens >= request.params.max_tokens or request.num_tokens >= self.max_model_len:
+            request.finish("length")
+        if request.is_finished and stop_string is None:
+            request.detokenizer.flush()
+
+    def _output(self, request: Request) -> RequestOutput:
+        new_ids = request.output_token_ids[request.num_emitted_tokens :]
+        request.num_emitted_tokens = request.num_output_tokens
+        logprobs, request.new_logprobs = request.new_logprobs, []
+        output = RequestOutput(
+            request_id=request.request_id,
+            index=request.index,
+            new_token_ids=new_ids,
+            new_text=request.detokenizer.take_delta(request.is_finished),
+            new_logprobs=logprobs,
+            finished=request.is_finished,
+            finish_reason=request.finish_reason,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+            error=request.error,
+        )
+        if request.is_finished:
+            self._retire(request)
+        return output
+
+    def _retire(self, request: Request) -> None:
+        """Free a finished request's blocks and forget it."""
+        self.scheduler.remove(request, keep_cached=request.finish_reason != "error")
+        self.requests.pop(request.key, None)
+
+    def _isolate_failure(self, chunks: list[ScheduledChunk], error: Exception) -> list[RequestOutput]:
+        """Rerun each chunk alone; the ones that still fail are failed, the others go on."""
+        if len(chunks) == 1:
+            request = chunks[0].request
+            log.exception("request %s failed", request.request_id, exc_info=error)
+            request.finish("error", f"internal error while running the model: {type(error).__name__}")
+            return [self._output(request)]
+        outputs = []
+        for chunk in chunks:
+            try:
+                logits = self.runner.execute([chunk])
+            except Exception as solo_error:
+                outputs += self._isolate_failure([chunk], solo_error)
+            else:
+                outputs += self._postprocess([chunk], logits)
+        return outputs
+
+    # ------------------------------------------------------------------ helpers
+    def _rope_seed(self, request: Request) -> bytes:
+        """Dynamic NTK rotates a long prompt's keys by its length; such blocks are only shared at that length."""
+        llm = self.model.config.llm
+        scaling = llm.rope_scaling
+        if scaling and scaling.kind == "dynamic" and request.num_prompt_tokens > llm.max_position_embeddings:
+            return f"ntk:{request.num_prompt_tokens}".encode()
+        return b""
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.block_pool.usage
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_pool.num_free
+
+
+def _cap_max_tokens(params: SamplingParams, room: int) -> SamplingParams:
+    if params.max_tokens <= room:
+        return params
+    from dataclasses import replace
+
+    return replace(params, max_tokens=room)

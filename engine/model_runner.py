@@ -1,0 +1,102 @@
+"""One forward per step: lay the scheduled chunks out as a flat `ForwardBatch`, run the model,
+and return logits for the requests that sample."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.inputs import ImageInput
+from engine.scheduler import ScheduledChunk
+from engine.vision_cache import VisionCache
+from model.forward_batch import ForwardBatch, KVCache
+from model.mono_internvl import MonoInternVL
+
+
+class ModelRunner:
+    def __init__(self, model: MonoInternVL, kv_cache: KVCache, img_context_id: int, vision_cache: VisionCache) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = kv_cache.block_size
+        self.img_context_id = img_context_id
+        self.vision_cache = vision_cache
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """[number of sampling chunks, vocab] float32 logits, in chunk order."""
+        batch, logits_indices = self.build_batch(chunks)
+        hidden = self.model(batch, self.kv_cache)
+        return self.model.compute_logits(hidden[logits_indices])
+
+    def build_batch(self, chunks: list[ScheduledChunk]) -> tuple[ForwardBatch, torch.Tensor]:
+        ids, positions, rope_lens, visual, slots = [], [], [], [], []
+        query_lens, seq_lens, logits_indices = [], [], []
+        for chunk in chunks:
+            request = chunk.request
+            start = request.num_computed_tokens
+            end = start + chunk.num_tokens
+            prompt_len = request.num_prompt_tokens
+            table = request.block_table
+            for pos in range(start, end):
+                token = request.token_ids[pos]
+                ids.append(token)
+                positions.append(pos)
+                rope_lens.append(max(pos + 1, prompt_len))
+                visual.append(token == self.img_context_id and pos < prompt_len)
+                slots.append(table[pos // self.block_size] * self.block_size + pos % self.block_size)
+            query_lens.append(chunk.num_tokens)
+            seq_lens.append(end)
+            if chunk.samples:
+                logits_indices.append(len(ids) - 1)
+        width = max(len(c.request.block_table) for c in chunks)
+        tables = [c.request.block_table + [0] * (width - len(c.request.block_table)) for c in chunks]
+        device = self.model.device
+        batch = ForwardBatch(
+            input_ids=torch.tensor(ids, device=device),
+            positions=torch.tensor(positions, device=device),
+            visual_mask=torch.tensor(visual, device=device),
+            visual_embeds=self.visual_embeds(chunks),
+            slot_mapping=torch.tensor(slots, device=device),
+            block_tables=torch.tensor(tables, device=device),
+            query_lens=query_lens,
+            seq_lens=seq_lens,
+            rope_lens=torch.tensor(rope_lens, device=device),
+        )
+        return batch, torch.tensor(logits_indices, device=device, dtype=torch.long)
+
+    def visual_embeds(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
+        """The embedding rows of the image tokens in this step, in batch order."""
+        needed: list[tuple[ImageInput, int, int]] = []
+        for chunk in chunks:
+            request = chunk.request
+            start = request.num_computed_tokens
+            end = start + chunk.num_tokens
+            for image, (lo, hi) in zip(request.prompt.images, request.prompt.image_spans, strict=True):
+                if lo < end and hi > start:
+                    needed.append((image, max(lo, start) - lo, min(hi, end) - lo))
+        if not needed:
+            return None
+        embeds = self.embed(image for image, _, _ in needed)
+        return torch.cat([embeds[image.content_hash][a:b] for image, a, b in needed])
+
+    def embed(self, images) -> dict[str, torch.Tensor]:
+        """Embeddings [tiles * tokens per tile, hidden] by hash; the missing ones in one batched call."""
+        found: dict[str, torch.Tensor] = {}
+        missing: dict[str, ImageInput] = {}
+        for image in images:
+            if image.content_hash in found or image.content_hash in missing:
+                continue
+            cached = self.vision_cache.get(image.content_hash)
+            if cached is None:
+                missing[image.content_hash] = image
+            else:
+                found[image.content_hash] = cached
+        if missing:
+            pixels = torch.cat([im.pixel_values for im in missing.values()]).to(self.model.device)
+            tiles = self.model.embed_images(pixels)
+            for image, rows in zip(
+                missing.values(), tiles.split([im.num_tiles for im in missing.values()]), strict=True
+            ):
+                embeds = rows.flatten(0, 1)
+                found[image.content_hash] = embeds
+                self.vision_cache.put(image.content_hash, embeds)
+        return found

@@ -1,0 +1,27 @@
+"""What the engine emits per request and step; the server streams these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top_logprobs: list[tuple[int, float]]  # the most likely tokens and their logprobs, best first
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    request_id: str
+    index: int  # which of the request's n completions
+    new_token_ids: list[int]
+    new_text: str
+    new_logprobs: list[TokenLogprob]
+    finished: bool
+    finish_reason: str | None  # "stop", "length", "abort" or "error"
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+    error: str | None = None

@@ -1,0 +1,116 @@
+"""Continuous batching: which requests run this step, and how many of their tokens.
+
+Running requests go first (a decode is one token; a partly prefilled prompt continues with its
+next chunk), then waiting requests in arrival order while the token budget, `max_num_seqs` and the
+block pool allow. When the pool cannot hold a running request's next tokens, the newest running
+request is preempted: its blocks are freed and it goes back to the front of the queue, to be
+recomputed later (its full blocks usually come back from the prefix cache).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.block_pool import BlockPool
+from engine.request import Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class ScheduledChunk:
+    request: Request
+    num_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the end of the request's tokens, so a token is sampled."""
+        return self.request.num_computed_tokens + self.num_tokens == self.request.num_tokens
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_pool: BlockPool,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        rope_seed: Callable[[Request], bytes],
+    ) -> None:
+        self.block_pool = block_pool
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.rope_seed = rope_seed
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.unschedulable: list[Request] = []  # too large for the whole pool; the engine fails them
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def remove(self, request: Request, keep_cached: bool = True) -> None:
+        """Take a finished or aborted request out of the queues and free its blocks."""
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_pool.free_request(request, keep_cached)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def schedule(self) -> list[ScheduledChunk]:
+        budget = self.max_num_batched_tokens
+        chunks: list[ScheduledChunk] = []
+        preempted = False
+        for request in list(self.running):
+            if budget == 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.block_pool.allocate(request, num_tokens):
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    if not self.running:  # alone and still too big: it can never finish
+                        self.unschedulable.append(self.waiting.popleft())
+                    break
+            if request.status is RequestStatus.RUNNING:
+                chunks.append(ScheduledChunk(request, num_tokens))
+                budget -= num_tokens
+        # After a preemption the pool is full: admitting new work would only preempt again.
+        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            if not request.block_table:
+                self.block_pool.use_cached_prefix(request, self.rope_seed(request))
+            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self.block_pool.allocate(request, num_tokens):
+                # Waiting requests hold no blocks, so others can always make progress.
+                self.block_pool.free_request(request)
+                request.num_computed_tokens = 0
+                if not self.running:
+                    self.unschedulable.append(self.waiting.popleft())
+                    continue
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            chunks.append(ScheduledChunk(request, num_tokens))
+            budget -= num_tokens
+        for chunk in chunks:
+            request = chunk.request
+            self.block_pool.commit_full_blocks(
+                request, request.num_computed_tokens + chunk.num_tokens, self.rope_seed(request)
+            )
+        return chunks
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.block_pool.free_request(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+        self.num_preemptions += 1
