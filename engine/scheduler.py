@@ -79,7 +79,7 @@ class Scheduler:
                         self.unschedulable.append(self.waiting.popleft())
                     break
             if request.status is RequestStatus.RUNNING:
-                chunks.append(ScheduledChunk(request, num_tokens))
+                chunks.append(self._scheduled(request, num_tokens))
                 budget -= num_tokens
         # After a preemption the pool is full: admitting new work would only preempt again.
         while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -98,14 +98,16 @@ class Scheduler:
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            chunks.append(ScheduledChunk(request, num_tokens))
+            chunks.append(self._scheduled(request, num_tokens))
             budget -= num_tokens
-        for chunk in chunks:
-            request = chunk.request
-            self.block_pool.commit_full_blocks(
-                request, request.num_computed_tokens + chunk.num_tokens, self.rope_seed(request)
-            )
         return chunks
+
+    def _scheduled(self, request: Request, num_tokens: int) -> ScheduledChunk:
+        # Hashes are registered now, before the forward, so a request admitted later in this same
+        # step (another of n completions, a repeated prompt) reuses these blocks: every layer writes
+        # the step's K/V before any request attends.
+        self.block_pool.commit_full_blocks(request, request.num_computed_tokens + num_tokens, self.rope_seed(request))
+        return ScheduledChunk(request, num_tokens)
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)

@@ -1,0 +1,167 @@
+"""The engine loop on its own thread, and an async stream of outputs per request.
+
+The event loop never runs a forward: requests and aborts cross to the engine thread through a
+queue, and each step's outputs come back through `loop.call_soon_threadsafe` into one
+`asyncio.Queue` per request. A consumer that stops listening (a client that went away) aborts its
+request, which frees its KV blocks before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from engine.inputs import PromptInputs
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+    remaining: int  # completions the engine has not finished yet (n of them)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped; no request can be served."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._streams: dict[str, _Stream] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="monovl-engine", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    async def generate(
+        self, request_id: str, prompt: PromptInputs, params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Outputs of all `params.n` completions as they come; leaving early aborts the request."""
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), params.n)
+        added: asyncio.Future = stream.loop.create_future()
+
+        def add() -> None:
+            try:
+                self.engine.add_request(request_id, prompt, params)
+            except Exception as error:
+                stream.loop.call_soon_threadsafe(_resolve, added, error)
+                return
+            self._streams[request_id] = stream
+            stream.loop.call_soon_threadsafe(_resolve, added, None)
+
+        self._submit(add)
+        error = await added
+        if error is not None:
+            raise error
+        done = 0
+        try:
+            while done < params.n:
+                item = await stream.outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                done += item.finished
+                yield item
+        finally:
+            if done < params.n:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        def abort() -> None:
+            self._streams.pop(request_id, None)
+            self.engine.abort_request(request_id)
+
+        self._submit(abort)
+
+    def call(self, fn: Callable[[], object]) -> asyncio.Future:
+        """Run `fn` on the engine thread between steps (for stats and tests); await its result."""
+        loop = asyncio.get_running_loop()
+        result = loop.create_future()
+
+        def run() -> None:
+            try:
+                value = fn()
+            except Exception as error:
+                loop.call_soon_threadsafe(_resolve_result, result, None, error)
+            else:
+                loop.call_soon_threadsafe(_resolve_result, result, value, None)
+
+        self._submit(run)
+        return result
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._drain_commands()
+                if not self.engine.has_unfinished():
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                    continue
+                for output in self.engine.step():
+                    self._dispatch(output)
+        except BaseException as error:
+            log.exception("engine loop died")
+            self.error = error
+            for stream in self._streams.values():
+                stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, EngineDeadError(str(error)))
+            self._streams.clear()
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _dispatch(self, output: RequestOutput) -> None:
+        stream = self._streams.get(output.request_id)
+        if stream is None:
+            return
+        if output.finished:
+            stream.remaining -= 1
+            if stream.remaining == 0:
+                del self._streams[output.request_id]
+        stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, output)
+
+
+def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(error)
+
+
+def _resolve_result(future: asyncio.Future, value: object, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
