@@ -1,0 +1,84 @@
+"""The async front: streams per request from the engine thread, abort on leave, errors to the caller."""
+
+import asyncio
+
+import pytest
+
+from engine.async_engine import AsyncEngine
+from engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
+from engine.sampling_params import SamplingParams
+from tests.engine_helpers import mixed_workload
+
+
+@pytest.fixture
+def async_engine(tiny_model, preprocessor):
+    tokens = TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
+    engine = AsyncEngine(LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)))
+    engine.start()
+    yield engine
+    engine.shutdown()
+    assert engine.engine.num_free_blocks == 1024
+
+
+async def collect(engine: AsyncEngine, request_id, prompt, params):
+    tokens: dict[int, list[int]] = {}
+    async for output in engine.generate(request_id, prompt, params):
+        tokens.setdefault(output.index, []).extend(output.new_token_ids)
+    return tokens
+
+
+def test_concurrent_streams_get_their_own_tokens(async_engine, preprocessor):
+    workload = mixed_workload(preprocessor)[:8]
+
+    async def main():
+        return await asyncio.gather(*(collect(async_engine, *item) for item in workload))
+
+    results = asyncio.run(main())
+    sync = LLMEngine(async_engine.engine.model, async_engine.engine.tokens, EngineConfig(num_kv_blocks=512))
+    for (request_id, prompt, params), result in zip(workload, results, strict=True):
+        sync.add_request(request_id, prompt, params)
+        expected = []
+        while sync.has_unfinished():
+            expected += [t for out in sync.step() for t in out.new_token_ids]
+        assert result == {0: expected}
+
+
+def test_leaving_a_stream_aborts_and_frees_blocks(async_engine, preprocessor):
+    _, prompt, _ = mixed_workload(preprocessor)[4]
+    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+
+    async def main():
+        stream = async_engine.generate("leaver", prompt, params)
+        async for output in stream:
+            if output.new_token_ids:
+                break
+        await stream.aclose()
+        for _ in range(100):
+            if await async_engine.call(lambda: async_engine.engine.num_free_blocks) == 1024:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert asyncio.run(main())
+
+
+def test_n_completions_stream_until_all_finish(async_engine, preprocessor):
+    _, prompt, _ = mixed_workload(preprocessor)[0]
+    result = asyncio.run(collect(async_engine, "n", prompt, SamplingParams(n=3, temperature=1.0, max_tokens=5)))
+    assert sorted(result) == [0, 1, 2] and all(1 <= len(t) <= 5 for t in result.values())
+
+
+def test_a_bad_request_raises_in_the_caller_and_the_engine_goes_on(async_engine, preprocessor):
+    _, prompt, params = mixed_workload(preprocessor)[0]
+
+    async def main():
+        first = asyncio.create_task(
+            collect(async_engine, "dup", prompt, SamplingParams(max_tokens=400, ignore_eos=True))
+        )
+        await asyncio.sleep(0.05)
+        with pytest.raises(RequestError, match="already running"):
+            await collect(async_engine, "dup", prompt, params)
+        return await first
+
+    assert len(asyncio.run(main())[0]) == 400
+    assert async_engine.is_running
