@@ -1,15 +1,14 @@
 """Causal grouped-query attention over a paged KV cache: the plain torch path.
 
-It runs on any device and is the oracle for faster kernels. Its arithmetic follows the reference
-eager attention: scores = (q @ k^T) / sqrt(d) in the activations' dtype, softmax in float32, cast
-back, then @ v.
+It runs on any device and is the oracle for faster kernels. Each request's queries attend to its
+context gathered from the cache with torch's fused scaled-dot-product attention (softmax in
+float32), which agrees with the reference's eager matmul-softmax-matmul to float rounding.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 
 from model.forward_batch import ForwardBatch
 
@@ -32,19 +31,22 @@ def gather_context(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int)
 
 def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     # q: [n, heads, d] (the last n of the context); k, v: [L, kv_heads, d] -> [n, heads, d]
-    n, heads, d = q.shape
-    seq_len, kv_heads, _ = k.shape
-    group = heads // kv_heads
-    qg = q.view(n, kv_heads, group, d).permute(1, 2, 0, 3)  # [kv_heads, group, n, d]
-    kt = k.permute(1, 2, 0)[:, None]  # [kv_heads, 1, d, L]
-    scores = torch.matmul(qg, kt) / math.sqrt(d)  # [kv_heads, group, n, L]
-    if n > 1:
-        query_pos = torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
-        future = torch.arange(seq_len, device=q.device)[None, :] > query_pos
-        scores = scores.masked_fill(future, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = torch.matmul(probs, v.permute(1, 0, 2)[:, None])  # [kv_heads, group, n, d]
-    return out.permute(2, 0, 1, 3).reshape(n, heads, d)
+    n, seq_len = q.shape[0], k.shape[0]
+    mask = None
+    if 1 < n < seq_len:  # a chunk after cached context: query i sees keys up to seq_len - n + i
+        mask = (
+            torch.arange(seq_len, device=q.device)[None, :]
+            <= torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
+        )
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        is_causal=n > 1 and mask is None,
+        enable_gqa=True,
+    )
+    return out[0].transpose(0, 1)
 
 
 def paged_attention(

@@ -1,0 +1,208 @@
+"""Offline throughput: the batched engine against one request at a time, on the same model.
+
+    python benchmarks/engine_bench.py [--requests 32] [--output-tokens 128] [--hidden 1024 --layers 8]
+
+Makes a mid-size random checkpoint with `make-tiny-checkpoint`'s options (cached under
+/tmp/monovl-bench), builds a mixed workload (text chats and image chats of 1 to 3 tiles, all
+arriving at once), runs it through the engine with continuous batching and then through the same
+engine limited to one request at a time with no prefix caching, checks that both give the same
+greedy tokens, and prints output tokens/s, time to first token and their ratios, with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.llm_engine import EngineConfig, LLMEngine
+from engine.sampling_params import SamplingParams
+from model.tiny_weights import TinyShape
+from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from server.model_loading import load_checkpoint
+from server.tiny_checkpoint import make_tiny_checkpoint
+
+QUESTIONS = [
+    "Describe the image in detail.",
+    "What colors do you see?",
+    "Write a short poem about this.",
+    "Hello! Can you tell me a story about a robot who loves to paint?",
+    "Explain how a paged KV cache works.",
+    "List three facts about the moon.",
+]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def image_bytes(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, 128 + 60 * np.sin(x / 40 + y / 25)], -1)
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def workload(pre, count: int, output_tokens: int):
+    sizes = [(300, 300), (900, 420), (420, 420), (1300, 440)]  # 1, 3, 1, 4 tiles
+    requests = []
+    for k in range(count):
+        question = QUESTIONS[k % len(QUESTIONS)]
+        if k % 2:
+            width, height = sizes[(k // 2) % len(sizes)]
+            image = pre.load_image(image_bytes(width, height, seed=k), max_tiles=3)
+            messages = [ChatMessage("user", (ImagePart(0), TextPart(question)))]
+            prompt = pre.process(messages, [image])
+        else:
+            prompt = pre.process([ChatMessage.text("user", f"{question} (chat {k})")], [])
+        params = SamplingParams(temperature=0.0, max_tokens=output_tokens, ignore_eos=True)
+        requests.append((f"req-{k}", prompt, params))
+    return requests
+
+
+def run(engine: LLMEngine, requests) -> dict:
+    start = time.perf_counter()
+    for request_id, prompt, params in requests:
+        engine.add_request(request_id, prompt, params)
+    first_token: dict[str, float] = {}
+    tokens: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for output in engine.step():
+            if output.new_token_ids and output.request_id not in first_token:
+                first_token[output.request_id] = time.perf_counter() - start
+            tokens.setdefault(output.request_id, []).extend(output.new_token_ids)
+    elapsed = time.perf_counter() - start
+    total = sum(len(t) for t in tokens.values())
+    ttft = sorted(first_token.values())
+    return {
+        "elapsed": elapsed,
+        "tokens": tokens,
+        "tok_s": total / elapsed,
+        "ttft_p50": statistics.median(ttft),
+        "ttft_mean": statistics.fmean(ttft),
+        "output_tokens": total,
+    }
+
+
+def run_one_at_a_time(engine: LLMEngine, requests) -> dict:
+    """Each request alone, in turn; TTFT counted from the start of the whole run, as for the engine."""
+    start = time.perf_counter()
+    first_token, tokens = {}, {}
+    for request_id, prompt, params in requests:
+        engine.add_request(request_id, prompt, params)
+        while engine.has_unfinished():
+            for output in engine.step():
+                if output.new_token_ids and request_id not in first_token:
+                    first_token[request_id] = time.perf_counter() - start
+                tokens.setdefault(request_id, []).extend(output.new_token_ids)
+    elapsed = time.perf_counter() - start
+    total = sum(len(t) for t in tokens.values())
+    ttft = sorted(first_token.values())
+    return {
+        "elapsed": elapsed,
+        "tokens": tokens,
+        "tok_s": total / elapsed,
+        "ttft_p50": statistics.median(ttft),
+        "ttft_mean": statistics.fmean(ttft),
+        "output_tokens": total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--intermediate", type=int, default=4096)
+    parser.add_argument("--vit-hidden", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+
+    shape = TinyShape(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate,
+        vit_hidden=args.vit_hidden,
+    )
+    directory = Path("/tmp/monovl-bench") / f"h{args.hidden}-l{args.layers}-i{args.intermediate}-v{args.vit_hidden}"
+    if not (directory / "config.json").is_file():
+        make_tiny_checkpoint(directory, seed=0, shape=shape)
+    loaded = load_checkpoint(str(directory), args.dtype, "auto")
+    requests = workload(loaded.preprocessor, args.requests, args.output_tokens)
+    prompt_tokens = sum(p.num_tokens for _, p, _ in requests)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    print(f"machine: {machine()}")
+    print(
+        f"model: {directory.name} ({params / 1e6:.0f}M parameters, {loaded.model.dtype}); "
+        f"{len(requests)} requests, {prompt_tokens} prompt tokens, {args.output_tokens} output tokens each"
+    )
+
+    batched_engine = LLMEngine(
+        loaded.model,
+        loaded.tokens,
+        EngineConfig(
+            num_kv_blocks=(prompt_tokens + args.requests * args.output_tokens) // 16 + 4 * args.requests,
+            max_num_seqs=args.requests,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+        ),
+    )
+    batched = run(batched_engine, requests)
+    print(
+        f"engine:         {batched['tok_s']:8.1f} output tok/s  TTFT p50 {batched['ttft_p50']:6.2f} s  "
+        f"mean {batched['ttft_mean']:6.2f} s  total {batched['elapsed']:6.1f} s"
+    )
+    if args.skip_baseline:
+        return
+    single_engine = LLMEngine(
+        loaded.model,
+        loaded.tokens,
+        EngineConfig(
+            num_kv_blocks=max(p.num_tokens for _, p, _ in requests) // 16 + args.output_tokens // 16 + 4,
+            max_num_seqs=1,
+            max_num_batched_tokens=8192,
+            enable_prefix_caching=False,
+            vision_cache_memory=0,
+        ),
+    )
+    single = run_one_at_a_time(single_engine, requests)
+    print(
+        f"one at a time:  {single['tok_s']:8.1f} output tok/s  TTFT p50 {single['ttft_p50']:6.2f} s  "
+        f"mean {single['ttft_mean']:6.2f} s  total {single['elapsed']:6.1f} s"
+    )
+    same = sum(batched["tokens"][rid] == single["tokens"][rid] for rid, _, _ in requests)
+    print(
+        f"ratio: {batched['tok_s'] / single['tok_s']:.2f}x output tokens/s; "
+        f"TTFT p50 {single['ttft_p50'] / batched['ttft_p50']:.2f}x lower; "
+        f"same greedy tokens: {same}/{len(requests)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
