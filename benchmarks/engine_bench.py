@@ -64,20 +64,27 @@ def image_bytes(width: int, height: int, seed: int) -> bytes:
 
 
 def workload(pre, count: int, output_tokens: int):
+    """Chats as users send them: a quarter text, a quarter follow-up turns of those, a quarter first
+    questions about an image (1 to 4 tiles), a quarter follow-up turns about the same images."""
     sizes = [(300, 300), (900, 420), (420, 420), (1300, 440)]  # 1, 3, 1, 4 tiles
-    requests = []
+    text, chats = ChatMessage.text, []
     for k in range(count):
         question = QUESTIONS[k % len(QUESTIONS)]
-        if k % 2:
-            width, height = sizes[(k // 2) % len(sizes)]
-            image = pre.load_image(image_bytes(width, height, seed=k), max_tiles=3)
-            messages = [ChatMessage("user", (ImagePart(0), TextPart(question)))]
-            prompt = pre.process(messages, [image])
+        kind, slot = k % 4, k // 4
+        if kind in (0, 1):
+            first = text("user", f"{question} (chat {slot})")
+            turns = [first] if kind == 0 else [first, text("assistant", "Sure. " * 20), text("user", "Go on.")]
+            chats.append((turns, []))
         else:
-            prompt = pre.process([ChatMessage.text("user", f"{question} (chat {k})")], [])
-        params = SamplingParams(temperature=0.0, max_tokens=output_tokens, ignore_eos=True)
-        requests.append((f"req-{k}", prompt, params))
-    return requests
+            width, height = sizes[slot % len(sizes)]
+            image = pre.load_image(image_bytes(width, height, seed=slot % len(sizes)), max_tiles=3)
+            first = ChatMessage("user", (ImagePart(0), TextPart(question)))
+            turns = (
+                [first] if kind == 2 else [first, text("assistant", "It shows colors. " * 10), text("user", "More?")]
+            )
+            chats.append((turns, [image]))
+    params = SamplingParams(temperature=0.0, max_tokens=output_tokens, ignore_eos=True)
+    return [(f"req-{k}", pre.process(turns, images), params) for k, (turns, images) in enumerate(chats)]
 
 
 def run(engine: LLMEngine, requests) -> dict:
