@@ -1,4 +1,4 @@
-"""The `monovl` command: `generate` offline and `make-tiny-checkpoint`."""
+"""The `monovl` command: `serve`, `generate` offline, and `make-tiny-checkpoint`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monovl", description="Serve Mono-InternVL models.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    _add_model_args(serve)
+    from server.serve import add_serve_args
+
+    add_serve_args(serve)
 
     gen = commands.add_parser("generate", help="answer one chat offline and print the result")
     _add_model_args(gen)
@@ -60,7 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     from preprocessing.tokenizer import TokenizerError
 
     try:
-        if args.command == "generate":
+        if args.command == "serve":
+            from server.serve import serve
+
+            serve(args)
+        elif args.command == "generate":
             _generate(args)
         else:
             _make_tiny_checkpoint(args)

@@ -1,0 +1,209 @@
+"""The FastAPI application: routes, auth, request ids, access log, limits and error shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server import chat
+from server.errors import APIError, error_response
+from server.protocol import ChatCompletionRequest, ModelCard, ModelList, completion_id
+from server.state import ServerState
+
+log = logging.getLogger("monovl.access")
+VERSION = "0.1.0"
+
+
+def create_app(state: ServerState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        state.draining = True
+        state.engine.shutdown()
+        state.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="monovl", version=VERSION, lifespan=lifespan)
+    app.state.monovl = state
+    _add_middleware(app, state)
+    _add_error_handlers(app)
+    _add_routes(app, state)
+    return app
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    started = int(time.time())
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not state.engine.is_running:
+            return error_response(503, "the engine is not running", "server_error", code="engine_dead")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": VERSION}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        card = ModelCard(
+            id=state.settings.served_model_name,
+            created=started,
+            root=state.settings.model_path,
+            max_model_len=state.max_model_len,
+        )
+        return ModelList(data=[card])
+
+    @app.post("/v1/chat/completions", openapi_extra=_request_body_schema())
+    async def chat_completions(request: Request) -> Response:
+        body = await _parse_body(request)
+        if state.draining:
+            raise APIError(
+                503, "the server is shutting down", "server_error", code="shutting_down", headers={"Retry-After": "5"}
+            )
+        if state.in_flight >= state.settings.max_queue:
+            raise APIError(
+                503,
+                "the server is at capacity; retry later",
+                "server_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
+        state.in_flight += 1
+        try:
+            prompt, params = await chat.prepare(state, body)
+            request_id = completion_id()
+            if body.stream:
+                events = _counted(state, chat.stream(state, request_id, prompt, params, body))
+                state.in_flight += 1  # the stream holds its own count until it ends
+                return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            answer = await _unless_disconnected(
+                request, chat.complete(state, request_id, prompt, params, body.logprobs)
+            )
+            return JSONResponse(answer.model_dump())
+        finally:
+            state.in_flight -= 1
+
+
+async def _counted(state: ServerState, events):
+    try:
+        async for event in events:
+            yield event
+    finally:
+        state.in_flight -= 1
+
+
+async def _unless_disconnected(request: Request, work):
+    """Await `work`; if the client goes away first, cancel it (which aborts the engine request)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise APIError(499, "client disconnected", code="client_disconnected")
+
+
+async def _parse_body(request: Request) -> ChatCompletionRequest:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the body is not valid JSON: {e.msg if hasattr(e, 'msg') else e}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the body must be a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as e:
+        raise _validation_error(e.errors()) from None
+
+
+def _validation_error(errors: list) -> APIError:
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
+    return APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param=param)
+
+
+def _request_body_schema() -> dict:
+    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> Response:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        return _validation_error(list(error.errors())).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        code = "not_found" if error.status_code == 404 else None
+        return error_response(error.status_code, str(error.detail), code=code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        logging.getLogger("monovl").exception("unhandled error")
+        return error_response(500, "internal server error", "server_error")
+
+
+def _add_middleware(app: FastAPI, state: ServerState) -> None:
+    settings = state.settings
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        response = await _guarded(request, call_next, state)
+        response.headers["X-Request-Id"] = request_id
+        log.info(
+            '%s "%s %s" %d %.1fms request_id=%s',
+            request.client.host if request.client else "-",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+            request_id,
+        )
+        return response
+
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-Id"],
+        )
+
+
+async def _guarded(request: Request, call_next, state: ServerState) -> Response:
+    settings = state.settings
+    if request.url.path.startswith("/v1") and settings.api_key and request.method != "OPTIONS":
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            return error_response(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_body_bytes:
+        return error_response(413, f"the body is larger than {settings.max_body_bytes} bytes", code="request_too_large")
+    return await call_next(request)

@@ -1,0 +1,104 @@
+"""`monovl serve`: load the model, start the engine thread, run uvicorn until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from engine.async_engine import AsyncEngine
+from engine.llm_engine import EngineConfig, LLMEngine
+from model.forward_batch import KVCache
+from server.metrics import Metrics
+from server.model_loading import LoadedCheckpoint, load_checkpoint
+from server.state import ServerSettings, ServerState
+
+DEFAULT_PORT = 8000
+HEALTH_PATH = "/health"
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("MONOVL_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MONOVL_PORT", DEFAULT_PORT)))
+    parser.add_argument("--api-key", default=os.environ.get("MONOVL_API_KEY"), help="or MONOVL_API_KEY")
+    parser.add_argument("--served-model-name", help="the model id clients send (default: --model, or monovl-demo)")
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="tokens per step (chunked prefill)")
+    parser.add_argument("--max-model-len", type=int, help="context limit (default: what the KV pool holds)")
+    parser.add_argument("--kv-cache-memory", type=float, help="GiB for the KV cache (default: sized to the load)")
+    parser.add_argument("--max-image-tiles", type=int, default=12, help="tile cap per image")
+    parser.add_argument("--max-images-per-request", type=int, default=8)
+    parser.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
+    parser.add_argument("--allowed-origins", default="", help="comma-separated CORS origins, or *")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
+
+
+def kv_cache_gib(args: argparse.Namespace, loaded: LoadedCheckpoint) -> float:
+    """As asked; else room for max_num_seqs contexts of 8k tokens, at most 90% of free GPU memory or 2 GiB."""
+    if args.kv_cache_memory:
+        return args.kv_cache_memory
+    llm = loaded.model.config.llm
+    per_token = KVCache.bytes_per_block(llm, 16, loaded.model.dtype) / 16
+    wanted = per_token * args.max_num_seqs * 8192 / 2**30
+    if loaded.model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(loaded.model.device)
+        return min(wanted, 0.9 * free / 2**30)
+    return min(wanted, 2.0)
+
+
+def build_state(args: argparse.Namespace) -> ServerState:
+    loaded = load_checkpoint(args.model, args.dtype, args.device)
+    cuda = loaded.model.device.type == "cuda"
+    config = EngineConfig(
+        kv_cache_memory=kv_cache_gib(args, loaded),
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens or (8192 if cuda else 512),
+        max_model_len=args.max_model_len,
+    )
+    engine = LLMEngine(loaded.model, loaded.tokens, config)
+    settings = ServerSettings(
+        served_model_name=args.served_model_name or args.model or "monovl-demo",
+        model_path=str(loaded.directory),
+        api_key=args.api_key or None,
+        max_images_per_request=args.max_images_per_request,
+        max_image_tiles=args.max_image_tiles,
+        max_queue=args.max_queue,
+        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+    )
+    metrics = Metrics(settings.served_model_name)
+    metrics.track_engine(
+        lambda: len(engine.scheduler.running), lambda: len(engine.scheduler.waiting), lambda: engine.kv_cache_usage
+    )
+    async_engine = AsyncEngine(engine)
+    async_engine.start()
+    pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="monovl-preprocess")
+    return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = build_state(args)
+    logging.getLogger("monovl").info(
+        "serving %s on http://%s:%d (KV pool %d blocks, context %d tokens)",
+        state.settings.served_model_name,
+        args.host,
+        args.port,
+        state.engine.engine.block_pool.num_blocks,
+        state.max_model_len,
+    )
+    uvicorn.run(
+        create_app(state),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        access_log=False,
+    )

@@ -1,0 +1,37 @@
+"""Everything a running server holds: settings, the loaded model, the engine, the worker pool, metrics."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine.async_engine import AsyncEngine
+from preprocessing.processor import Preprocessor
+from server.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    served_model_name: str
+    model_path: str
+    api_key: str | None = None
+    max_images_per_request: int = 8
+    max_image_tiles: int = 12
+    max_image_bytes: int = 20 * 2**20
+    max_body_bytes: int = 64 * 2**20
+    max_queue: int = 256  # requests in flight before 503
+    default_max_tokens: int = 512
+    allowed_origins: tuple[str, ...] = ()
+    preprocess_workers: int = 2
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    preprocessor: Preprocessor
+    engine: AsyncEngine
+    pool: ThreadPoolExecutor
+    metrics: Metrics
+    max_model_len: int
+    in_flight: int = 0
+    draining: bool = False
