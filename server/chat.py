@@ -230,8 +230,13 @@ def _error_event(message: str, kind: str, param: str | None = None, code: str | 
 async def _outputs(
     state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams
 ) -> AsyncIterator[RequestOutput]:
+    finished = 0
     try:
         async for output in state.engine.generate(request_id, prompt, params):
+            finished += output.finished
             yield output
     except RequestError as e:
         raise bad_request(str(e), e.param) from None
+    finally:
+        if finished < params.n:  # the client left (or the server failed): the rest were aborted
+            state.metrics.request_success.labels(state.metrics.model_name, "abort").inc(params.n - finished)

@@ -108,7 +108,9 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             stop=tuple(stop),
             ignore_eos=self.ignore_eos,
-            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            max_tokens=next(
+                (v for v in (self.max_completion_tokens, self.max_tokens) if v is not None), default_max_tokens
+            ),
             logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
         )
