@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,11 @@ from model.tiny_weights import TinyShape
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="checkpoint directory or hub id (default: the tiny demo checkpoint)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("MONOVL_MODEL") or None,
+        help="checkpoint directory or hub id (or MONOVL_MODEL; default: the tiny demo checkpoint)",
+    )
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 

@@ -293,3 +293,15 @@ def test_sigterm_finishes_in_flight_work(tiny_dir):
     # uvicorn re-raises the SIGTERM after its graceful shutdown, so the exit is by that signal
     assert process.process.wait(timeout=30) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in process.stop()
+
+
+def test_serve_without_a_model_makes_and_serves_the_demo_checkpoint(tmp_path):
+    demo = ServerProcess(None, env={"MONOVL_CACHE": str(tmp_path), "MONOVL_MODEL": ""})
+    try:
+        models = httpx.get(f"{demo.url}/v1/models").json()
+        assert models["data"][0]["id"] == "monovl-demo"
+        answer = httpx.post(f"{demo.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 3}).json()
+        assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        log = demo.stop()
+    assert "demo checkpoint" in log and (tmp_path / "demo-checkpoint" / "config.json").is_file()
