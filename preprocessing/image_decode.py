@@ -14,6 +14,10 @@ class ImageError(ValueError):
     """Image bytes that cannot be served: unreadable, unsupported, truncated or too large."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit, found from its header before decoding."""
+
+
 def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
     """The first frame as RGB (alpha dropped, not composited), as the reference's convert('RGB')."""
     if not data:
@@ -26,7 +30,7 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
             if width < 1 or height < 1:
                 raise ImageError(f"image has no pixels ({width}x{height})")
             if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+                raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
             image.load()
             return image.convert("RGB")
     except ImageError:
@@ -34,6 +38,6 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(f"not a readable image; supported formats: {', '.join(SUPPORTED_FORMATS)}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image is too large: {e}") from None
+        raise ImageTooLarge(f"image is too large: {e}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"image could not be decoded ({type(e).__name__}: {e})") from None

@@ -14,7 +14,7 @@ from engine.llm_engine import RequestError
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams, SamplingParamsError
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from preprocessing.image_decode import ImageError
+from preprocessing.image_decode import ImageError, ImageTooLarge
 from preprocessing.processor import Preprocessor
 from preprocessing.tokenizer import Tokenizer
 from server.errors import APIError, bad_request, error_body
@@ -79,6 +79,8 @@ def preprocess(
     for data, (_, param) in zip(images, conversation.images, strict=True):
         try:
             inputs.append(pre.load_image(data, max_tiles))
+        except ImageTooLarge as e:
+            raise APIError(413, str(e), param=param, code="image_too_large") from None
         except ImageError as e:
             raise bad_request(str(e), param, "invalid_image") from None
     try:
@@ -92,18 +94,33 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> tuple[P
     if request.model is not None and request.model != settings.served_model_name:
         raise APIError(404, f"the model {request.model!r} does not exist", param="model", code="model_not_found")
     try:
-        params = request.to_sampling_params(settings.default_max_tokens, state.preprocessor.tokenizer.vocab_size)
+        # As vLLM: without max_tokens a request may use the rest of the context.
+        params = request.to_sampling_params(state.max_model_len, state.preprocessor.tokenizer.vocab_size)
     except SamplingParamsError as e:
         raise bad_request(str(e), e.param) from None
     conversation = to_conversation(request, settings.max_images_per_request)
-    images = [decode_data_url(url, settings.max_image_bytes, param) for url, param in conversation.images]
-    max_tiles = min(request.max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
-    started = time.perf_counter()
     loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    images = [await image_bytes(state, url, param) for url, param in conversation.images]
+    max_tiles = min(request.max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
     prompt = await loop.run_in_executor(state.pool, preprocess, state.preprocessor, conversation, images, max_tiles)
     if images:
         state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
     return prompt, params
+
+
+async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
+    if url.startswith("data:"):
+        return decode_data_url(url, state.settings.max_image_bytes, param)
+    if not url.lower().startswith(("http://", "https://")):
+        raise bad_request("image URLs must be data: URLs (or http(s) when enabled)", param, "invalid_image_url")
+    if state.remote_images is None:
+        raise bad_request(
+            "remote image URLs are disabled on this server (start it with --allow-remote-images); send a data: URL",
+            param,
+            "remote_images_disabled",
+        )
+    return await asyncio.get_running_loop().run_in_executor(state.pool, state.remote_images.fetch, url, param)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from engine.llm_engine import EngineConfig, LLMEngine
 from model.forward_batch import KVCache
 from server.metrics import Metrics
 from server.model_loading import LoadedCheckpoint, load_checkpoint
+from server.remote_images import RemoteImageFetcher
 from server.state import ServerSettings, ServerState
 
 DEFAULT_PORT = 8000
@@ -32,6 +33,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-tiles", type=int, default=12, help="tile cap per image")
     parser.add_argument("--max-images-per-request", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
+    parser.add_argument(
+        "--allow-remote-images",
+        action="store_true",
+        help="fetch http(s) image URLs (public addresses only; size, time and redirect limits)",
+    )
     parser.add_argument("--allowed-origins", default="", help="comma-separated CORS origins, or *")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
@@ -76,7 +82,8 @@ def build_state(args: argparse.Namespace) -> ServerState:
     async_engine = AsyncEngine(engine)
     async_engine.start()
     pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="monovl-preprocess")
-    return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len)
+    remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
+    return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote)
 
 
 def serve(args: argparse.Namespace) -> None:

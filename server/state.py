@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from engine.async_engine import AsyncEngine
 from preprocessing.processor import Preprocessor
 from server.metrics import Metrics
+from server.remote_images import RemoteImageFetcher
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,6 @@ class ServerSettings:
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
     max_queue: int = 256  # requests in flight before 503
-    default_max_tokens: int = 512
     allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = 2
 
@@ -33,5 +33,6 @@ class ServerState:
     pool: ThreadPoolExecutor
     metrics: Metrics
     max_model_len: int
+    remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused
     in_flight: int = 0
     draining: bool = False

@@ -305,3 +305,47 @@ def test_serve_without_a_model_makes_and_serves_the_demo_checkpoint(tmp_path):
     finally:
         log = demo.stop()
     assert "demo checkpoint" in log and (tmp_path / "demo-checkpoint" / "config.json").is_file()
+
+
+def test_remote_urls_are_off_by_default_and_file_urls_never_work(server):
+    for url, code in (
+        ("http://example.com/cat.png", "remote_images_disabled"),
+        ("file:///etc/passwd", "invalid_image_url"),
+    ):
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+        error = assert_error(post(server, {"messages": messages}), 400, code=code)
+        assert "passwd" not in error["message"]
+
+
+def test_an_image_over_the_pixel_limit_is_413(server):
+    from tests.test_image_decode import png_header_only
+
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": data_url(png_header_only(30000, 30000))}}],
+        }
+    ]
+    assert_error(post(server, {"messages": messages}), 413, code="image_too_large")
+
+
+def test_cors_preflight_for_an_allowed_origin(tiny_dir):
+    cors = ServerProcess(tiny_dir, "--allowed-origins", "http://chat.example", "--api-key", KEY)
+    try:
+        preflight = httpx.options(
+            f"{cors.url}/v1/chat/completions",
+            headers={
+                "Origin": "http://chat.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://chat.example"
+        other = httpx.options(
+            f"{cors.url}/v1/chat/completions",
+            headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        cors.stop()
