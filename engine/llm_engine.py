@@ -35,6 +35,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
+    attention_backend: str = "auto"  # "torch", "triton" (paged decode kernel) or "auto" (triton on CUDA)
 
 
 class RequestError(ValueError):
@@ -70,7 +71,9 @@ class LLMEngine:
             self.block_pool, self.config.max_num_seqs, self.config.max_num_batched_tokens, self._rope_seed
         )
         vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
-        self.runner = ModelRunner(model, self.kv_cache, tokens.img_context_id, vision_cache)
+        self.runner = ModelRunner(
+            model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend
+        )
         self.requests: dict[tuple[str, int], Request] = {}
 
     # ------------------------------------------------------------------ requests in

@@ -3,18 +3,41 @@ and return logits for the requests that sample."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from engine.inputs import ImageInput
 from engine.scheduler import ScheduledChunk
 from engine.vision_cache import VisionCache
-from model.forward_batch import ForwardBatch, KVCache
+from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.mono_internvl import MonoInternVL
 
 
+def pick_decode_kernel(backend: str, device: torch.device) -> Callable[..., torch.Tensor] | None:
+    """`auto`: the Triton paged decode kernel on CUDA when Triton imports, else the torch path."""
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return None
+    try:
+        from model.triton_decode import paged_decode
+    except ImportError:
+        if backend == "triton":
+            raise RuntimeError("attention backend 'triton' was asked for but Triton is not installed") from None
+        return None
+    return paged_decode
+
+
 class ModelRunner:
-    def __init__(self, model: MonoInternVL, kv_cache: KVCache, img_context_id: int, vision_cache: VisionCache) -> None:
+    def __init__(
+        self,
+        model: MonoInternVL,
+        kv_cache: KVCache,
+        img_context_id: int,
+        vision_cache: VisionCache,
+        attention_backend: str = "auto",
+    ) -> None:
         self.model = model
+        self.decode_kernel = pick_decode_kernel(attention_backend, model.device)
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
         self.img_context_id = img_context_id
@@ -61,7 +84,23 @@ class ModelRunner:
             seq_lens=seq_lens,
             rope_lens=torch.tensor(rope_lens, device=device),
         )
+        batch.decode = self.decode_rows(chunks, batch)
         return batch, torch.tensor(logits_indices, device=device, dtype=torch.long)
+
+    def decode_rows(self, chunks: list[ScheduledChunk], batch: ForwardBatch) -> DecodeRows | None:
+        requests = [b for b, chunk in enumerate(chunks) if chunk.num_tokens == 1]
+        if self.decode_kernel is None or not requests:
+            return None
+        device = batch.input_ids.device
+        starts = batch.query_start_loc
+        index = torch.tensor(requests, device=device)
+        return DecodeRows(
+            kernel=self.decode_kernel,
+            requests=requests,
+            token_rows=torch.tensor([starts[b] for b in requests], device=device),
+            block_tables=batch.block_tables[index],
+            seq_lens=torch.tensor([batch.seq_lens[b] for b in requests], device=device, dtype=torch.int32),
+        )
 
     def visual_embeds(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """The embedding rows of the image tokens in this step, in batch order."""

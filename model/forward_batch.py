@@ -7,6 +7,7 @@ which are the last `query_lens[b]` of its `seq_lens[b]` context tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,17 @@ class KVCache:
 
 
 @dataclass
+class DecodeRows:
+    """The requests of a step that decode one token, for a kernel that serves them in one launch."""
+
+    kernel: Callable[..., torch.Tensor]  # (q, key_cache, value_cache, block_tables, seq_lens) -> out
+    requests: list[int]  # their indices in the batch
+    token_rows: torch.Tensor  # [D] their token rows in the flat batch
+    block_tables: torch.Tensor  # [D, max_blocks]
+    seq_lens: torch.Tensor  # [D] int32
+
+
+@dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64, token index in its sequence
@@ -58,6 +70,7 @@ class ForwardBatch:
     query_lens: list[int]  # [B] tokens of each request in this step
     seq_lens: list[int]  # [B] context length of each request after this step
     rope_lens: torch.Tensor | None = None  # [T] sequence length that sets dynamic-NTK scaling
+    decode: DecodeRows | None = None  # set when a decode kernel serves the one-token requests
 
     @property
     def query_start_loc(self) -> list[int]:

@@ -60,8 +60,17 @@ def paged_attention(
     # q: [T, heads, d]; k, v: [T, kv_heads, d] for this step's tokens -> [T, heads, d]
     write_kv(key_cache, value_cache, k, v, batch.slot_mapping)
     out = torch.empty_like(q)
+    served = set()
+    if batch.decode is not None:
+        rows = batch.decode.token_rows
+        out[rows] = batch.decode.kernel(
+            q[rows], key_cache, value_cache, batch.decode.block_tables, batch.decode.seq_lens
+        )
+        served = set(batch.decode.requests)
     starts = batch.query_start_loc
     for b, seq_len in enumerate(batch.seq_lens):
+        if b in served:
+            continue
         lo, hi = starts[b], starts[b + 1]
         table = batch.block_tables[b]
         keys = gather_context(key_cache, table, seq_len).to(q.dtype)

@@ -30,6 +30,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="tokens per step (chunked prefill)")
     parser.add_argument("--max-model-len", type=int, help="context limit (default: what the KV pool holds)")
     parser.add_argument("--kv-cache-memory", type=float, help="GiB for the KV cache (default: sized to the load)")
+    parser.add_argument(
+        "--attention-backend",
+        default="auto",
+        choices=["auto", "torch", "triton"],
+        help="decode attention: the Triton paged kernel (auto: on CUDA) or the torch path",
+    )
     parser.add_argument("--max-image-tiles", type=int, default=12, help="tile cap per image")
     parser.add_argument("--max-images-per-request", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
@@ -64,6 +70,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if cuda else 512),
         max_model_len=args.max_model_len,
+        attention_backend=args.attention_backend,
     )
     engine = LLMEngine(loaded.model, loaded.tokens, config)
     settings = ServerSettings(
