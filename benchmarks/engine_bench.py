@@ -87,41 +87,20 @@ def workload(pre, count: int, output_tokens: int):
     return [(f"req-{k}", pre.process(turns, images), params) for k, (turns, images) in enumerate(chats)]
 
 
-def run(engine: LLMEngine, requests) -> dict:
+def run(engine: LLMEngine, requests, one_at_a_time: bool = False) -> dict:
+    """All requests through the engine; TTFT counts from the moment all of them arrived."""
     start = time.perf_counter()
-    for request_id, prompt, params in requests:
-        engine.add_request(request_id, prompt, params)
     first_token: dict[str, float] = {}
     tokens: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for output in engine.step():
-            if output.new_token_ids and output.request_id not in first_token:
-                first_token[output.request_id] = time.perf_counter() - start
-            tokens.setdefault(output.request_id, []).extend(output.new_token_ids)
-    elapsed = time.perf_counter() - start
-    total = sum(len(t) for t in tokens.values())
-    ttft = sorted(first_token.values())
-    return {
-        "elapsed": elapsed,
-        "tokens": tokens,
-        "tok_s": total / elapsed,
-        "ttft_p50": statistics.median(ttft),
-        "ttft_mean": statistics.fmean(ttft),
-        "output_tokens": total,
-    }
-
-
-def run_one_at_a_time(engine: LLMEngine, requests) -> dict:
-    """Each request alone, in turn; TTFT counted from the start of the whole run, as for the engine."""
-    start = time.perf_counter()
-    first_token, tokens = {}, {}
-    for request_id, prompt, params in requests:
-        engine.add_request(request_id, prompt, params)
+    batches = [[r] for r in requests] if one_at_a_time else [requests]
+    for batch in batches:
+        for request_id, prompt, params in batch:
+            engine.add_request(request_id, prompt, params)
         while engine.has_unfinished():
             for output in engine.step():
-                if output.new_token_ids and request_id not in first_token:
-                    first_token[request_id] = time.perf_counter() - start
-                tokens.setdefault(request_id, []).extend(output.new_token_ids)
+                if output.new_token_ids and output.request_id not in first_token:
+                    first_token[output.request_id] = time.perf_counter() - start
+                tokens.setdefault(output.request_id, []).extend(output.new_token_ids)
     elapsed = time.perf_counter() - start
     total = sum(len(t) for t in tokens.values())
     ttft = sorted(first_token.values())
@@ -198,7 +177,7 @@ def main() -> None:
             vision_cache_memory=0,
         ),
     )
-    single = run_one_at_a_time(single_engine, requests)
+    single = run(single_engine, requests, one_at_a_time=True)
     print(
         f"one at a time:  {single['tok_s']:8.1f} output tok/s  TTFT p50 {single['ttft_p50']:6.2f} s  "
         f"mean {single['ttft_mean']:6.2f} s  total {single['elapsed']:6.1f} s"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,7 +126,7 @@ class LLMEngine:
             return outputs
         try:
             logits = self.runner.execute(chunks)
-        except Exception as error:
+        except Exception as error:  # one bad request must not fail the batch: find it by rerunning alone
             return outputs + self._isolate_failure(chunks, error)
         return outputs + self._postprocess(chunks, logits)
 
@@ -192,7 +192,7 @@ class LLMEngine:
         for chunk in chunks:
             try:
                 logits = self.runner.execute([chunk])
-            except Exception as solo_error:
+            except Exception as solo_error:  # this one fails alone too: it is the culprit
                 outputs += self._isolate_failure([chunk], solo_error)
             else:
                 outputs += self._postprocess([chunk], logits)
@@ -217,8 +217,4 @@ class LLMEngine:
 
 
 def _cap_max_tokens(params: SamplingParams, room: int) -> SamplingParams:
-    if params.max_tokens <= room:
-        return params
-    from dataclasses import replace
-
-    return replace(params, max_tokens=room)
+    return params if params.max_tokens <= room else replace(params, max_tokens=room)

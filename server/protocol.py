@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SamplingParams, SamplingParamsError
 
 
 class ImageURL(BaseModel):
@@ -85,15 +85,11 @@ class ChatCompletionRequest(BaseModel):
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         bad = [k for k in bias if not 0 <= k < vocab_size]
         if bad:
-            from engine.sampling_params import SamplingParamsError
-
             raise SamplingParamsError("logit_bias", f"logit_bias has token ids outside the vocabulary: {bad[:5]}")
         logprobs = None
         if self.logprobs:
             logprobs = self.top_logprobs or 0
         elif self.top_logprobs is not None:
-            from engine.sampling_params import SamplingParamsError
-
             raise SamplingParamsError("top_logprobs", "top_logprobs needs logprobs to be true")
         return SamplingParams(
             n=self.n,
