@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
 
 from engine.sampling_params import SamplingParams, SamplingParamsError
 
@@ -40,7 +40,7 @@ class ChatMessageIn(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -50,14 +50,14 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool = False
+    logprobs: StrictBool = False
     max_completion_tokens: int | None = None
     max_tokens: int | None = None
     n: int = 1
     presence_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
     top_logprobs: int | None = None
@@ -68,8 +68,8 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
+    ignore_eos: StrictBool = False
+    skip_special_tokens: StrictBool = True
     max_num_tiles: int | None = Field(default=None, ge=1, le=40)
 
     @field_validator("logit_bias")
@@ -93,23 +93,26 @@ class ChatCompletionRequest(BaseModel):
             raise SamplingParamsError("top_logprobs", "top_logprobs needs logprobs to be true")
         return SamplingParams(
             n=self.n,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0,
+            temperature=_or(self.temperature, 1.0),
+            top_p=_or(self.top_p, 1.0),
+            top_k=_or(self.top_k, 0),
+            min_p=_or(self.min_p, 0.0),
+            presence_penalty=_or(self.presence_penalty, 0.0),
+            frequency_penalty=_or(self.frequency_penalty, 0.0),
+            repetition_penalty=_or(self.repetition_penalty, 1.0),
             logit_bias=bias,
             seed=self.seed,
             stop=tuple(stop),
             ignore_eos=self.ignore_eos,
-            max_tokens=next(
-                (v for v in (self.max_completion_tokens, self.max_tokens) if v is not None), default_max_tokens
-            ),
+            max_tokens=_or(self.max_completion_tokens, _or(self.max_tokens, default_max_tokens)),
             logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
         )
+
+
+def _or(value, default):
+    """The request's value unless it is absent (0 is a value, and may be out of range)."""
+    return default if value is None else value
 
 
 class TopLogprob(BaseModel):
