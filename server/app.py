@@ -32,7 +32,7 @@ def create_app(state: ServerState) -> FastAPI:
         yield
         state.draining = True
         state.engine.shutdown()
-        state.pool.shutdown(wait=False, cancel_futures=True)
+        state.pool.shutdown()
 
     app = FastAPI(title="monovl", version=VERSION, lifespan=lifespan)
     app.state.monovl = state

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -99,11 +98,10 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> tuple[P
     except SamplingParamsError as e:
         raise bad_request(str(e), e.param) from None
     conversation = to_conversation(request, settings.max_images_per_request)
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
     images = [await image_bytes(state, url, param) for url, param in conversation.images]
     max_tiles = min(request.max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
-    prompt = await loop.run_in_executor(state.pool, preprocess, state.preprocessor, conversation, images, max_tiles)
+    prompt = await state.pool.run(preprocess, state.preprocessor, conversation, images, max_tiles)
     if images:
         state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
     return prompt, params
@@ -120,7 +118,7 @@ async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
             param,
             "remote_images_disabled",
         )
-    return await asyncio.get_running_loop().run_in_executor(state.pool, state.remote_images.fetch, url, param)
+    return await state.pool.run(state.remote_images.fetch, url, param)
 
 
 @dataclass

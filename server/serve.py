@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -14,6 +13,7 @@ from engine.llm_engine import EngineConfig, LLMEngine
 from model.forward_batch import KVCache
 from server.metrics import Metrics
 from server.model_loading import LoadedCheckpoint, load_checkpoint
+from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
 from server.state import ServerSettings, ServerState
 
@@ -88,7 +88,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
     )
     async_engine = AsyncEngine(engine)
     async_engine.start()
-    pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="monovl-preprocess")
+    pool = PreprocessPool(settings.preprocess_workers)
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from engine.async_engine import AsyncEngine
 from preprocessing.processor import Preprocessor
 from server.metrics import Metrics
+from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
 
 
@@ -30,7 +30,7 @@ class ServerState:
     settings: ServerSettings
     preprocessor: Preprocessor
     engine: AsyncEngine
-    pool: ThreadPoolExecutor
+    pool: PreprocessPool
     metrics: Metrics
     max_model_len: int
     remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused

@@ -1,0 +1,114 @@
+"""Faults: a failure inside one request fails that request alone; the server goes on."""
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from server.app import create_app
+from server.cli import build_parser
+from server.serve import build_state
+from tests.conftest import png_bytes
+from tests.hostile import data_url, image_message
+from tests.server_helpers import ServerProcess, free_port
+
+POISON = png_bytes(50, 40, seed=99)
+GOOD = png_bytes(60, 40, seed=7)
+
+
+@pytest.fixture(scope="module")
+def inprocess(tiny_dir):
+    port = free_port()
+    args = build_parser().parse_args(["serve", "--model", str(tiny_dir), "--host", "127.0.0.1", "--port", str(port)])
+    state = build_state(args)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", state
+    server.should_exit = True
+    thread.join(timeout=20)
+
+
+def ask(url: str, png: bytes, max_tokens: int = 6) -> httpx.Response:
+    body = {"messages": image_message(data_url(png)), "temperature": 0, "max_tokens": max_tokens}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+async def ask_many(url: str, images: list[bytes]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await asyncio.gather(*(
+            client.post(f"{url}/v1/chat/completions", json={"messages": image_message(data_url(png)),
+                                                             "temperature": 0, "max_tokens": 6})
+            for png in images
+        ))  # fmt: skip
+
+
+def test_an_exception_in_preprocessing_fails_that_request_only(inprocess, monkeypatch):
+    url, state = inprocess
+    expected = ask(url, GOOD).json()["choices"][0]["message"]["content"]
+    real = state.preprocessor.load_image
+
+    def load_image(data, max_tiles=None):
+        if data == POISON:
+            raise RuntimeError("injected preprocessing fault")
+        return real(data, max_tiles)
+
+    monkeypatch.setattr(state.preprocessor, "load_image", load_image)
+    responses = asyncio.run(ask_many(url, [GOOD, POISON, GOOD, GOOD]))
+    assert [r.status_code for r in responses] == [200, 500, 200, 200]
+    assert responses[1].json()["error"]["type"] == "server_error" and "injected" not in responses[1].text
+    assert all(r.json()["choices"][0]["message"]["content"] == expected for r in responses if r.status_code == 200)
+
+
+def test_an_exception_in_the_forward_fails_that_request_only(inprocess, monkeypatch):
+    url, state = inprocess
+    expected = ask(url, GOOD).json()["choices"][0]["message"]["content"]
+    model = state.engine.engine.model
+    real = model.embed_images
+    poison_tile = state.preprocessor.load_image(POISON).pixel_values[0]
+
+    def embed_images(pixel_values):
+        if any(bool((tile == poison_tile).all()) for tile in pixel_values):
+            raise RuntimeError("injected forward fault")
+        return real(pixel_values)
+
+    monkeypatch.setattr(model, "embed_images", embed_images)
+    responses = asyncio.run(ask_many(url, [GOOD, POISON, GOOD]))
+    assert [r.status_code for r in responses] == [200, 500, 200]
+    assert all(r.json()["choices"][0]["message"]["content"] == expected for r in responses if r.status_code == 200)
+    assert state.engine.engine.num_free_blocks == state.engine.engine.block_pool.num_blocks
+
+
+def test_a_stopped_preprocessing_pool_is_replaced(inprocess):
+    url, state = inprocess
+    state.pool.executor.shutdown(wait=True)
+    assert ask(url, GOOD).status_code == 200
+    assert state.pool.restarts >= 1
+
+
+def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
+    # 40 blocks of 16 tokens (512 bytes per token in the tiny model) for 24 chats of ~100 tokens each
+    small = ServerProcess(tiny_dir, "--kv-cache-memory", str(40 * 16 * 512 / 2**30), "--max-num-seqs", "24")
+    try:
+        prompts = [f"Question {k}, please answer." for k in range(24)]
+        alone = [httpx.post(f"{small.url}/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": p}], "temperature": 0, "max_tokens": 30}, timeout=60,
+        ).json()["choices"][0]["message"]["content"] for p in prompts[:3]]  # fmt: skip
+
+        async def together():
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*(client.post(f"{small.url}/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": p}], "temperature": 0, "max_tokens": 30,
+                }) for p in prompts))  # fmt: skip
+
+        responses = asyncio.run(together())
+        assert all(r.status_code == 200 for r in responses)
+        assert [r.json()["choices"][0]["message"]["content"] for r in responses[:3]] == alone
+        assert small.metric("monovl:kv_cache_usage_perc") == 0
+    finally:
+        small.stop()
