@@ -32,8 +32,8 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> KVCache:
         shape = (config.num_hidden_layers, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        # Uninitialized: a slot is always written before it is read (reads stop at each sequence's length).
-        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        # Zeroed, so the whole pool is resident from the start: memory stays flat as blocks come into use.
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     @property
     def num_blocks(self) -> int:

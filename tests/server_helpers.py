@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,13 +28,15 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         if model is not None:
             cmd += ["--model", str(model)]
+        # A file, not a pipe: nobody reads the log while the server runs, and a full pipe would block it.
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the server)
         self.process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
         )
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.output()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
@@ -47,6 +50,10 @@ class ServerProcess:
         samples = [line for line in text.splitlines() if line.startswith(name + "{") and label in line]
         return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
 
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> str:
         if self.process.poll() is None:
             self.process.terminate()
@@ -54,7 +61,7 @@ class ServerProcess:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        return self.process.stdout.read() if self.process.stdout else ""
+        return self.output()
 
 
 def data_url(png: bytes) -> str:
