@@ -31,6 +31,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, help="context limit (default: what the KV pool holds)")
     parser.add_argument("--kv-cache-memory", type=float, help="GiB for the KV cache (default: sized to the load)")
     parser.add_argument(
+        "--kv-cache-fraction",
+        type=float,
+        help="instead, this fraction of the memory free after loading (device memory on CUDA, RAM on CPU)",
+    )
+    parser.add_argument(
         "--attention-backend",
         default="auto",
         choices=["auto", "torch", "triton"],
@@ -49,16 +54,29 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
 
 
+def free_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return 4.0
+
+
 def kv_cache_gib(args: argparse.Namespace, loaded: LoadedCheckpoint) -> float:
     """As asked; else room for max_num_seqs contexts of 8k tokens, at most 90% of free GPU memory or 2 GiB."""
     if args.kv_cache_memory:
         return args.kv_cache_memory
+    if args.kv_cache_fraction:
+        if not 0 < args.kv_cache_fraction < 1:
+            raise ValueError("--kv-cache-fraction must be between 0 and 1")
+        return args.kv_cache_fraction * free_memory_gib(loaded.model.device)
     llm = loaded.model.config.llm
     per_token = KVCache.bytes_per_block(llm, 16, loaded.model.dtype) / 16
     wanted = per_token * args.max_num_seqs * 8192 / 2**30
     if loaded.model.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(loaded.model.device)
-        return min(wanted, 0.9 * free / 2**30)
+        return min(wanted, 0.9 * free_memory_gib(loaded.model.device))
     return min(wanted, 2.0)
 
 
