@@ -1,0 +1,118 @@
+"""Single-stream decode against the memory-bandwidth bound of the current device.
+
+    python benchmarks/roofline.py [--hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192]
+                                  [--dtype auto] [--prompt-words 512] [--steps 64]
+
+Each decode step must read every weight a text token uses (attention, one FFN expert, the norms,
+the LM head) plus the request's KV cache. The bound is those bytes over the device's measured
+read bandwidth; the script times real decode steps of one request through the engine and prints
+the measured step time as a percentage of that bound, with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.engine_bench import machine
+from engine.llm_engine import EngineConfig, LLMEngine
+from engine.sampling_params import SamplingParams
+from model.mono_internvl import MonoInternVL
+from model.tiny_weights import TinyShape
+from preprocessing.chat_template import ChatMessage
+from server.model_loading import load_checkpoint
+from server.tiny_checkpoint import make_tiny_checkpoint
+
+
+def read_bandwidth(device: torch.device, gib: float = 1.0) -> float:
+    """Bytes per second of a streaming read (a sum over a large buffer), best of a few runs."""
+    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        started = time.perf_counter()
+        x.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return x.numel() * 4 / best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode_bytes(model: MonoInternVL, context: int) -> int:
+    """Weights a text token reads per step (not the visual expert, vision model or embedding table) + KV."""
+    total = 0
+    for name, p in model.named_parameters():
+        if (
+            name.startswith(("vision_model", "mlp1", "language_model.model.tok_embeddings"))
+            or "feed_forward_ve" in name
+        ):
+            continue
+        total += p.numel() * p.element_size()
+    llm = model.config.llm
+    kv = 2 * llm.num_hidden_layers * llm.num_key_value_heads * llm.head_dim * context * model.dtype.itemsize
+    return total + kv
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--intermediate", type=int, default=8192)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--prompt-words", type=int, default=512, help="filler words in the prompt (the context)")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--attention-backend", default="auto")
+    args = parser.parse_args()
+
+    shape = TinyShape(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate,
+        vit_hidden=256,
+    )
+    directory = Path("/tmp/monovl-bench") / f"h{args.hidden}-l{args.layers}-i{args.intermediate}-v256"
+    if not (directory / "config.json").is_file():
+        make_tiny_checkpoint(directory, seed=0, shape=shape)
+    loaded = load_checkpoint(str(directory), args.dtype, "auto")
+    model, device = loaded.model, loaded.model.device
+    prompt = loaded.preprocessor.process([ChatMessage.text("user", "word " * args.prompt_words)], [])
+    engine = LLMEngine(model, loaded.tokens, EngineConfig(
+        num_kv_blocks=(prompt.num_tokens + args.steps) // 16 + 8, max_num_batched_tokens=8192,
+        attention_backend=args.attention_backend))  # fmt: skip
+    engine.add_request("r", prompt, SamplingParams(temperature=0, max_tokens=args.steps + 8, ignore_eos=True))
+    engine.step()  # prefill and the first token
+    for _ in range(4):  # warm-up decodes
+        engine.step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        engine.step()
+    sync(device)
+    step = (time.perf_counter() - started) / args.steps
+    engine.abort_request("r")
+
+    bandwidth = read_bandwidth(device)
+    needed = decode_bytes(model, prompt.num_tokens + args.steps // 2)
+    bound = needed / bandwidth
+    print(f"machine: {machine()}")
+    print(f"model: {directory.name}, {model.dtype}; context {prompt.num_tokens} tokens")
+    print(f"bytes per decode step: {needed / 2**30:.3f} GiB; measured read bandwidth {bandwidth / 2**30:.1f} GiB/s")
+    print(
+        f"bound: {bound * 1000:.2f} ms/token ({1 / bound:.1f} tok/s); measured: {step * 1000:.2f} ms/token "
+        f"({1 / step:.1f} tok/s) = {bound / step:.0%} of the bound"
+    )
+
+
+if __name__ == "__main__":
+    main()
