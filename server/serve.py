@@ -35,6 +35,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="instead, this fraction of the memory free after loading (device memory on CUDA, RAM on CPU)",
     )
+    parser.add_argument("--no-prefix-caching", action="store_true", help="turn off the prefix cache")
+    parser.add_argument("--vision-cache-memory", type=float, default=0.25, help="GiB of cached image embeddings")
     parser.add_argument(
         "--attention-backend",
         default="auto",
@@ -89,6 +91,8 @@ def build_state(args: argparse.Namespace) -> ServerState:
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if cuda else 512),
         max_model_len=args.max_model_len,
         attention_backend=args.attention_backend,
+        enable_prefix_caching=not args.no_prefix_caching,
+        vision_cache_memory=args.vision_cache_memory,
     )
     engine = LLMEngine(loaded.model, loaded.tokens, config)
     settings = ServerSettings(
