@@ -1,6 +1,6 @@
 """Offline throughput: the batched engine against one request at a time, on the same model.
 
-    python benchmarks/engine_bench.py [--requests 32] [--output-tokens 128] [--hidden 1024 --layers 8]
+    python -m benchmarks.engine_bench [--requests 32] [--output-tokens 128] [--hidden 1024 --layers 8]
 
 Makes a mid-size random checkpoint with `make-tiny-checkpoint`'s options (cached under
 /tmp/monovl-bench), builds a mixed workload (text chats and image chats of 1 to 3 tiles, all
@@ -27,7 +27,10 @@ from engine.sampling_params import SamplingParams
 from model.tiny_weights import TinyShape
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import make_tiny_checkpoint
+from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+
+# The mid-size random model of the CPU figures: 231M parameters.
+MID_SIZE = TinyShape(hidden=1024, layers=8, heads=16, kv_heads=8, intermediate=4096, vit_hidden=256)
 
 QUESTIONS = [
     "Describe the image in detail.",
@@ -118,28 +121,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--output-tokens", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--intermediate", type=int, default=4096)
-    parser.add_argument("--vit-hidden", type=int, default=256)
+    add_shape_args(parser, MID_SIZE)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
 
-    shape = TinyShape(
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.kv_heads,
-        intermediate=args.intermediate,
-        vit_hidden=args.vit_hidden,
-    )
-    directory = Path("/tmp/monovl-bench") / f"h{args.hidden}-l{args.layers}-i{args.intermediate}-v{args.vit_hidden}"
-    if not (directory / "config.json").is_file():
-        make_tiny_checkpoint(directory, seed=0, shape=shape)
+    directory = bench_checkpoint(shape_from_args(args))
     loaded = load_checkpoint(str(directory), args.dtype, "auto")
     requests = workload(loaded.preprocessor, args.requests, args.output_tokens)
     prompt_tokens = sum(p.num_tokens for _, p, _ in requests)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -24,7 +23,10 @@ from model.mono_internvl import MonoInternVL
 from model.tiny_weights import TinyShape
 from preprocessing.chat_template import ChatMessage
 from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import make_tiny_checkpoint
+from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+
+# The LLM shape of OpenGVLab/Mono-InternVL-2B (the tiny tokenizer keeps the vocabulary small).
+REAL_2B = TinyShape(hidden=2048, layers=24, heads=16, kv_heads=8, intermediate=8192, vit_hidden=256)
 
 
 def read_bandwidth(device: torch.device, gib: float = 1.0) -> float:
@@ -62,28 +64,14 @@ def decode_bytes(model: MonoInternVL, context: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--intermediate", type=int, default=8192)
+    add_shape_args(parser, REAL_2B)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--prompt-words", type=int, default=512, help="filler words in the prompt (the context)")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--attention-backend", default="auto")
     args = parser.parse_args()
 
-    shape = TinyShape(
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.kv_heads,
-        intermediate=args.intermediate,
-        vit_hidden=256,
-    )
-    directory = Path("/tmp/monovl-bench") / f"h{args.hidden}-l{args.layers}-i{args.intermediate}-v256"
-    if not (directory / "config.json").is_file():
-        make_tiny_checkpoint(directory, seed=0, shape=shape)
+    directory = bench_checkpoint(shape_from_args(args))
     loaded = load_checkpoint(str(directory), args.dtype, "auto")
     model, device = loaded.model, loaded.model.device
     prompt = loaded.preprocessor.process([ChatMessage.text("user", "word " * args.prompt_words)], [])

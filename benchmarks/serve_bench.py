@@ -29,9 +29,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.engine_bench import machine
-from model.tiny_weights import TinyShape
-from server.tiny_checkpoint import make_tiny_checkpoint
+from benchmarks.engine_bench import MID_SIZE, machine
+from server.tiny_checkpoint import bench_checkpoint
 from tests.server_helpers import ServerProcess
 
 TILE_SIZES = [(300, 300), (900, 420), (1300, 440), (900, 900), (1300, 900), (1800, 900), (1800, 1350)]  # 1..13 tiles
@@ -134,15 +133,6 @@ def summarize(samples: list[Sample], elapsed: float, concurrency: int) -> dict:
     return out
 
 
-def default_checkpoint() -> Path:
-    directory = Path("/tmp/monovl-bench/h1024-l8-i4096-v256")
-    if not (directory / "config.json").is_file():
-        make_tiny_checkpoint(
-            directory, shape=TinyShape(hidden=1024, layers=8, heads=16, kv_heads=8, intermediate=4096, vit_hidden=256)
-        )
-    return directory
-
-
 def measure(url: str | None, server_args: list[str], model: Path | None, chats, levels, max_tokens) -> list[dict]:
     server = None if url else ServerProcess(model, *server_args)
     try:
@@ -194,7 +184,7 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("serve_bench"))
     args = parser.parse_args()
-    model = None if args.url else (Path(args.model) if args.model else default_checkpoint())
+    model = None if args.url else (Path(args.model) if args.model else bench_checkpoint(MID_SIZE))
     chats = workload(args.requests)
     print(f"machine: {machine()}; {len(chats)} chats, {args.output_tokens} output tokens each")
     print("monovl:")

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from model.tiny_weights import TinyShape
+from server.tiny_checkpoint import add_shape_args, shape_from_args
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--shards", type=int, default=2)
     tiny.add_argument("--vocab-size", type=int, default=1000, help="sentencepiece pieces (before added tokens)")
     tiny.add_argument("--add-dummy-prefix", type=int, choices=[0, 1], default=1)
-    defaults = TinyShape()
-    for field in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vit_hidden", "max_position_embeddings"):
-        tiny.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
-    tiny.add_argument("--rope-scaling", default=defaults.rope_scaling, help="none, dynamic:F or linear:F")
+    add_shape_args(tiny)
     return parser
 
 
@@ -86,16 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
     from server.tiny_checkpoint import make_tiny_checkpoint
 
-    shape = TinyShape(
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.kv_heads,
-        intermediate=args.intermediate,
-        vit_hidden=args.vit_hidden,
-        rope_scaling=args.rope_scaling,
-        max_position_embeddings=args.max_position_embeddings,
-    )
+    shape = shape_from_args(args)
     out = make_tiny_checkpoint(
         args.directory, args.seed, shape, args.vocab_size, args.shards, bool(args.add_dummy_prefix)
     )

@@ -5,6 +5,7 @@ Tests and the demo server use it, so nothing is ever downloaded to try monovl.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -61,3 +62,24 @@ def ensure_demo_checkpoint() -> tuple[Path, bool]:
         if not (target / "config.json").is_file():
             raise
     return target, True
+
+
+def add_shape_args(parser: argparse.ArgumentParser, defaults: TinyShape | None = None) -> None:
+    """--hidden, --layers, ... for the size of a random checkpoint."""
+    defaults = defaults or TinyShape()
+    for field in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vit_hidden", "max_position_embeddings"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    parser.add_argument("--rope-scaling", default=defaults.rope_scaling, help="none, dynamic:F or linear:F")
+
+
+def shape_from_args(args: argparse.Namespace) -> TinyShape:
+    return TinyShape(**{field: getattr(args, field) for field in TinyShape.__dataclass_fields__})
+
+
+def bench_checkpoint(shape: TinyShape) -> Path:
+    """A random checkpoint of this shape for benchmarks, made once under /tmp/monovl-bench."""
+    name = "-".join(f"{k}{v}" for k, v in vars(shape).items()).replace(":", "")
+    directory = Path("/tmp/monovl-bench") / name
+    if not (directory / "config.json").is_file():
+        make_tiny_checkpoint(directory, seed=0, shape=shape)
+    return directory
