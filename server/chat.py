@@ -108,8 +108,8 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> tuple[P
 
 
 async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
-    if url.startswith("data:"):
-        return decode_data_url(url, state.settings.max_image_bytes, param)
+    if url.startswith("data:"):  # base64 of megabytes is work: off the event loop too
+        return await state.pool.run(decode_data_url, url, state.settings.max_image_bytes, param)
     if not url.lower().startswith(("http://", "https://")):
         raise bad_request("image URLs must be data: URLs (or http(s) when enabled)", param, "invalid_image_url")
     if state.remote_images is None:
