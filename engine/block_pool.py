@@ -23,8 +23,6 @@ class BlockPool:
         self.block_hash: list[bytes | None] = [None] * num_blocks
         self.cached: dict[bytes, int] = {}
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.prefix_hits = 0  # tokens served from the prefix cache, for metrics
-        self.prefix_queries = 0
 
     @property
     def num_free(self) -> int:
@@ -70,7 +68,6 @@ class BlockPool:
         if not self.enable_prefix_caching:
             return
         limit = (request.num_tokens - 1) // self.block_size
-        self.prefix_queries += request.num_prompt_tokens
         parent = rope_seed
         for k in range(limit):
             digest = self._block_digest(request, k, parent)
@@ -85,7 +82,6 @@ class BlockPool:
             parent = digest
         request.num_computed_tokens = len(request.block_table) * self.block_size
         request.num_cached_tokens = request.num_computed_tokens
-        self.prefix_hits += request.num_cached_tokens
 
     def commit_full_blocks(self, request: Request, num_tokens: int, rope_seed: bytes) -> None:
         """Register the hashes of blocks that the first `num_tokens` tokens fill completely."""

@@ -56,10 +56,6 @@ class Scheduler:
             self.waiting.remove(request)
         self.block_pool.free_request(request, keep_cached)
 
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running)
-
     def schedule(self) -> list[ScheduledChunk]:
         budget = self.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []

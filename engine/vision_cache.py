@@ -12,16 +12,11 @@ class VisionCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, content_hash: str) -> torch.Tensor | None:
         embeds = self.entries.get(content_hash)
-        if embeds is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.entries.move_to_end(content_hash)
+        if embeds is not None:
+            self.entries.move_to_end(content_hash)
         return embeds
 
     def put(self, content_hash: str, embeds: torch.Tensor) -> None:

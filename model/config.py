@@ -40,10 +40,6 @@ class LLMConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @property
-    def queries_per_kv(self) -> int:
-        return self.num_attention_heads // self.num_key_value_heads
-
 
 @dataclass(frozen=True)
 class VisionConfig:
