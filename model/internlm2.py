@@ -6,6 +6,8 @@ name match. Every forward takes a flat batch of tokens from many requests (`Forw
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,6 +71,20 @@ class InternLM2Attention(nn.Module):
         return self.wo(out.reshape(tokens, self.heads * self.head_dim))
 
 
+class ExpertRows(NamedTuple):
+    """Which token rows take which expert; found once per forward, used by every layer."""
+
+    visual: torch.Tensor  # rows of <IMG_CONTEXT> tokens -> feed_forward_ve
+    text: torch.Tensor  # all other rows -> feed_forward
+
+    @classmethod
+    def of(cls, visual_mask: torch.Tensor) -> ExpertRows | None:
+        """None when no token is visual: the layers then skip the split."""
+        if not bool(visual_mask.any()):
+            return None
+        return cls(visual_mask.nonzero().squeeze(1), (~visual_mask).nonzero().squeeze(1))
+
+
 class InternLM2DecoderLayer(nn.Module):
     def __init__(self, config: LLMConfig) -> None:
         super().__init__()
@@ -86,23 +102,20 @@ class InternLM2DecoderLayer(nn.Module):
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         batch: ForwardBatch,
-        visual_rows: torch.Tensor | None,
+        expert_rows: ExpertRows | None,
     ) -> torch.Tensor:
-        # x: [T, hidden]; visual_rows: indices of <IMG_CONTEXT> tokens, None when there are none
+        # x: [T, hidden]
         h = x + self.attention(self.attention_norm(x), cos, sin, key_cache, value_cache, batch)
-        return h + self.routed_ffn(self.ffn_norm(h), visual_rows)
+        return h + self.routed_ffn(self.ffn_norm(h), expert_rows)
 
-    def routed_ffn(self, x: torch.Tensor, visual_rows: torch.Tensor | None) -> torch.Tensor:
+    def routed_ffn(self, x: torch.Tensor, rows: ExpertRows | None) -> torch.Tensor:
         # Each token runs exactly one expert: gather the image rows, run both groups, scatter back.
-        if visual_rows is None:
+        if rows is None:
             return self.feed_forward(x)
-        is_text = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        is_text[visual_rows] = False
-        text_rows = is_text.nonzero().squeeze(1)
         out = torch.empty_like(x)
-        out[visual_rows] = self.feed_forward_ve(x[visual_rows])
-        if text_rows.numel():
-            out[text_rows] = self.feed_forward(x[text_rows])
+        out[rows.visual] = self.feed_forward_ve(x[rows.visual])
+        if rows.text.numel():
+            out[rows.text] = self.feed_forward(x[rows.text])
         return out
 
 
@@ -116,10 +129,9 @@ class InternLM2Model(nn.Module):
     def forward(self, x: torch.Tensor, rotary: RotaryEmbedding, kv_cache: KVCache, batch: ForwardBatch) -> torch.Tensor:
         # x: [T, hidden] input embeddings -> [T, hidden] final hidden states
         cos, sin = rotary.cos_sin(batch.positions, batch.rope_lens)
-        visual_rows = batch.visual_mask.nonzero().squeeze(1)
-        routed = visual_rows if visual_rows.numel() else None
+        expert_rows = ExpertRows.of(batch.visual_mask)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, kv_cache.key[i], kv_cache.value[i], batch, routed)
+            x = layer(x, cos, sin, kv_cache.key[i], kv_cache.value[i], batch, expert_rows)
         return self.norm(x)
 
 

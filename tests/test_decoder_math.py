@@ -5,7 +5,7 @@ import torch
 
 from model.config import LLMConfig
 from model.forward_batch import ForwardBatch, KVCache
-from model.internlm2 import InternLM2Attention, InternLM2DecoderLayer
+from model.internlm2 import ExpertRows, InternLM2Attention, InternLM2DecoderLayer
 from model.rope import RotaryEmbedding
 from tests.naive_math import causal_attention, rope_angles, rotate_pairs, silu_ffn, split_wqkv
 
@@ -104,7 +104,7 @@ def test_routed_ffn_equals_masked_blend_and_runs_each_expert_only_on_its_rows():
     seen = {}
     layer.feed_forward.register_forward_hook(lambda m, i, o: seen.__setitem__("text", i[0].shape[0]))
     layer.feed_forward_ve.register_forward_hook(lambda m, i, o: seen.__setitem__("visual", i[0].shape[0]))
-    out = layer.routed_ffn(x, mask.nonzero().squeeze(1))
+    out = layer.routed_ffn(x, ExpertRows.of(mask))
     assert seen == {"text": 5, "visual": 5}
 
     sd = {f"ffn.{k}": v for k, v in layer.feed_forward.state_dict().items()}
@@ -118,5 +118,5 @@ def test_all_text_batch_skips_the_visual_expert():
     layer = InternLM2DecoderLayer(config(4, 2))
     calls = []
     layer.feed_forward_ve.register_forward_hook(lambda *a: calls.append(1))
-    layer.routed_ffn(torch.randn(3, 32), None)
+    layer.routed_ffn(torch.randn(3, 32), ExpertRows.of(torch.zeros(3, dtype=torch.bool)))
     assert not calls
