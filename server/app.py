@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import chat
-from server.errors import APIError, error_response
+from server.errors import APIError
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList, completion_id
 from server.state import ServerState
 
@@ -48,7 +48,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     async def health() -> Response:
         if not state.engine.is_running:
-            return error_response(503, "the engine is not running", "server_error", code="engine_dead")
+            return APIError(503, "the engine is not running", "server_error", code="engine_dead").response()
         return JSONResponse({"status": "ok"})
 
     @app.get("/version")
@@ -158,12 +158,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = "not_found" if error.status_code == 404 else None
-        return error_response(error.status_code, str(error.detail), code=code)
+        return APIError(error.status_code, str(error.detail), code=code).response()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         logging.getLogger("monovl").exception("unhandled error")
-        return error_response(500, "internal server error", "server_error")
+        return APIError(500, "internal server error", "server_error").response()
 
 
 def _add_middleware(app: FastAPI, state: ServerState) -> None:
@@ -202,8 +202,12 @@ async def _guarded(request: Request, call_next, state: ServerState) -> Response:
         given = request.headers.get("authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            return error_response(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
+            return APIError(
+                401, "invalid or missing API key", "authentication_error", code="invalid_api_key"
+            ).response()
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_body_bytes:
-        return error_response(413, f"the body is larger than {settings.max_body_bytes} bytes", code="request_too_large")
+        return APIError(
+            413, f"the body is larger than {settings.max_body_bytes} bytes", code="request_too_large"
+        ).response()
     return await call_next(request)
