@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +60,10 @@ def png_bytes(width: int, height: int, mode: str = "RGB", seed: int = 0, fmt: st
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def generate_cli(checkpoint: Path, prompt: str, max_tokens: int, *extra: str) -> dict:
+    """`monovl generate --json` run as a user runs it; its JSON record."""
+    cmd = [sys.executable, "-m", "server.cli", "generate", "--model", str(checkpoint), "--json", "--prompt", prompt]
+    cmd += ["--max-tokens", str(max_tokens), *extra]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)

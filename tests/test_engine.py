@@ -8,6 +8,7 @@ import torch
 from engine.llm_engine import EngineConfig, LLMEngine, RequestError
 from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage
+from tests.conftest import generate_cli
 from tests.engine_helpers import mixed_workload, run, solo_results
 
 
@@ -62,29 +63,8 @@ def test_a_small_pool_preempts_and_still_gives_the_same_tokens(tiny_model, token
 
 
 def test_generate_cli_equals_the_engine_alone(tiny_dir, workload, alone):
-    import json
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "generate",
-            "--model",
-            str(tiny_dir),
-            "--json",
-            "--prompt",
-            "Tell me a story about a cat.",
-            "--max-tokens",
-            str(workload[1][2].max_tokens),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(result.stdout)["token_ids"] == alone[("req-1", 0)].token_ids
+    offline = generate_cli(tiny_dir, "Tell me a story about a cat.", workload[1][2].max_tokens)
+    assert offline["token_ids"] == alone[("req-1", 0)].token_ids
 
 
 def test_prefix_cache_hit_gives_the_same_tokens_as_a_miss(tiny_model, tokens, workload):

@@ -1,17 +1,14 @@
 """The server through a real uvicorn process, with the official OpenAI client and raw HTTP."""
 
 import asyncio
-import json
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import png_bytes
+from tests.conftest import generate_cli, png_bytes
 from tests.server_helpers import ServerProcess, data_url
 
 KEY = "test-key"
@@ -27,24 +24,6 @@ def server(tiny_dir):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-
-
-def generate_cli(tiny_dir, prompt: str, max_tokens: int, *extra: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "generate",
-        "--model",
-        str(tiny_dir),
-        "--json",
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        str(max_tokens),
-        *extra,
-    ]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
 def test_non_streaming_answer_equals_generate(client, tiny_dir):
