@@ -18,12 +18,13 @@ KERNEL_VS_TORCH = textwrap.dedent("""
     torch.manual_seed(0)
     worst = 0.0
     for heads, kv_heads, d, bs in [(4, 2, 16, 16), (8, 2, 32, 16), (3, 1, 24, 8), (4, 4, 16, 16), (16, 2, 8, 4)]:
-        k_cache, v_cache = torch.randn(40, bs, kv_heads, d), torch.randn(40, bs, kv_heads, d)
-        lens = torch.tensor([1, 17, min(50, bs * 10), bs * 10], dtype=torch.int32)  # tables hold 10 blocks
-        tables = torch.stack([torch.randperm(40)[:10] for _ in range(4)])
-        q = torch.randn(4, heads, d)
+        k_cache, v_cache = torch.randn(64, bs, kv_heads, d), torch.randn(64, bs, kv_heads, d)
+        # tables of 40 blocks; the longest contexts span several partitions of the kernel
+        lens = torch.tensor([1, 17, min(300, bs * 40), bs * 40, bs * 40 - 3], dtype=torch.int32)
+        tables = torch.stack([torch.randperm(64)[:40] for _ in range(5)])
+        q = torch.randn(5, heads, d)
         out = paged_decode(q, k_cache, v_cache, tables, lens)
-        for b in range(4):
+        for b in range(5):
             n = int(lens[b])
             ref = causal_gqa(q[b : b + 1], gather_context(k_cache, tables[b], n), gather_context(v_cache, tables[b], n))
             worst = max(worst, float((out[b] - ref[0]).abs().max()))
