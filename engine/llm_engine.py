@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from engine.block_pool import BlockPool
+from engine.cuda_graphs import DecodeGraphs
 from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 from engine.inputs import PromptInputs
 from engine.model_runner import ModelRunner
@@ -36,6 +37,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
     attention_backend: str = "auto"  # "torch", "triton" (paged decode kernel) or "auto" (triton on CUDA)
+    cuda_graphs: bool = True  # replay decode steps as CUDA graphs (on CUDA, with the Triton kernel)
+    cuda_graph_max_len: int = 8192  # longest context a captured decode step serves
 
 
 class RequestError(ValueError):
@@ -64,7 +67,8 @@ class LLMEngine:
             2,
             int(self.config.kv_cache_memory * 2**30 // KVCache.bytes_per_block(llm, block_size, model.dtype)),
         )
-        self.kv_cache = KVCache.allocate(llm, num_blocks, block_size, model.dtype, model.device)
+        # One block more than the pool hands out: the scratch block that CUDA-graph padding rows write.
+        self.kv_cache = KVCache.allocate(llm, num_blocks + 1, block_size, model.dtype, model.device)
         self.block_pool = BlockPool(num_blocks, block_size, self.config.enable_prefix_caching)
         self.max_model_len = min(self.config.max_model_len or num_blocks * block_size, num_blocks * block_size)
         self.scheduler = Scheduler(
@@ -74,6 +78,15 @@ class LLMEngine:
         self.runner = ModelRunner(
             model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend
         )
+        if self.config.cuda_graphs and model.device.type == "cuda" and self.runner.decode_kernel is not None:
+            self.runner.graphs = DecodeGraphs(
+                model,
+                self.kv_cache,
+                self.runner.decode_kernel,
+                scratch_block=num_blocks,
+                max_batch=self.config.max_num_seqs,
+                max_len=min(self.config.cuda_graph_max_len, self.max_model_len),
+            )
         self.requests: dict[tuple[str, int], Request] = {}
 
     # ------------------------------------------------------------------ requests in

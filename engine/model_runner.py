@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from engine.cuda_graphs import DecodeGraphs
 from engine.inputs import ImageInput
 from engine.scheduler import ScheduledChunk
 from engine.vision_cache import VisionCache
@@ -42,11 +43,14 @@ class ModelRunner:
         self.block_size = kv_cache.block_size
         self.img_context_id = img_context_id
         self.vision_cache = vision_cache
+        self.graphs: DecodeGraphs | None = None  # set by the engine on CUDA
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """[number of sampling chunks, vocab] float32 logits, in chunk order."""
         batch, logits_indices = self.build_batch(chunks)
+        if self.graphs is not None and all(c.samples for c in chunks) and self.graphs.fits(batch):
+            return self.graphs.run(batch)
         hidden = self.model(batch, self.kv_cache)
         return self.model.compute_logits(hidden[logits_indices])
 
@@ -73,16 +77,20 @@ class ModelRunner:
         width = max(len(c.request.block_table) for c in chunks)
         tables = [c.request.block_table + [0] * (width - len(c.request.block_table)) for c in chunks]
         device = self.model.device
+        # One host-to-device copy for the per-token columns; each copy costs a round trip on CUDA.
+        columns = torch.tensor([ids, positions, slots, rope_lens, visual], dtype=torch.long).to(device)
+        dynamic_rope = max(rope_lens) > self.model.config.llm.max_position_embeddings
         batch = ForwardBatch(
-            input_ids=torch.tensor(ids, device=device),
-            positions=torch.tensor(positions, device=device),
-            visual_mask=torch.tensor(visual, device=device),
-            visual_embeds=self.visual_embeds(chunks),
-            slot_mapping=torch.tensor(slots, device=device),
+            input_ids=columns[0],
+            positions=columns[1],
+            visual_mask=columns[4].bool(),
+            visual_embeds=self.visual_embeds(chunks) if any(visual) else None,
+            slot_mapping=columns[2],
             block_tables=torch.tensor(tables, device=device),
             query_lens=query_lens,
             seq_lens=seq_lens,
-            rope_lens=torch.tensor(rope_lens, device=device),
+            rope_lens=columns[3] if dynamic_rope else None,
+            positions_end=max(positions) + 1,
         )
         batch.decode = self.decode_rows(chunks, batch)
         return batch, torch.tensor(logits_indices, device=device, dtype=torch.long)
@@ -92,6 +100,10 @@ class ModelRunner:
         if self.decode_kernel is None or not requests:
             return None
         device = batch.input_ids.device
+        seq_lens = torch.tensor([batch.seq_lens[b] for b in requests], device=device, dtype=torch.int32)
+        if len(requests) == len(chunks):  # all decode: the rows are the batch
+            rows = torch.arange(len(requests), device=device)
+            return DecodeRows(self.decode_kernel, requests, rows, batch.block_tables, seq_lens)
         starts = batch.query_start_loc
         index = torch.tensor(requests, device=device)
         return DecodeRows(
@@ -99,7 +111,7 @@ class ModelRunner:
             requests=requests,
             token_rows=torch.tensor([starts[b] for b in requests], device=device),
             block_tables=batch.block_tables[index],
-            seq_lens=torch.tensor([batch.seq_lens[b] for b in requests], device=device, dtype=torch.int32),
+            seq_lens=seq_lens,
         )
 
     def visual_embeds(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:

@@ -27,9 +27,10 @@ def sample(logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
     raw = logits
     logits = apply_logit_bias(logits, requests)
     logits = apply_penalties(logits, requests)
-    greedy = torch.tensor([r.params.greedy for r in requests], device=logits.device)
+    greedy_rows = [r.params.greedy for r in requests]
     chosen = logits.argmax(dim=-1)
-    if not bool(greedy.all()):
+    if not all(greedy_rows):  # decided on the host: an all-greedy batch never waits for the device here
+        greedy = torch.tensor(greedy_rows, device=logits.device)
         drawn = draw(logits, requests, ~greedy)
         chosen = torch.where(greedy, chosen, drawn)
     token_ids = chosen.tolist()

@@ -70,7 +70,8 @@ class ForwardBatch:
     block_tables: torch.Tensor  # [B, max_blocks] int64
     query_lens: list[int]  # [B] tokens of each request in this step
     seq_lens: list[int]  # [B] context length of each request after this step
-    rope_lens: torch.Tensor | None = None  # [T] sequence length that sets dynamic-NTK scaling
+    rope_lens: torch.Tensor | None = None  # [T] sequence length that sets dynamic-NTK scaling; None: none past it
+    positions_end: int | None = None  # 1 + the largest position, when the host knows it
     decode: DecodeRows | None = None  # set when a decode kernel serves the one-token requests
 
     @property

@@ -15,7 +15,7 @@ from torch import nn
 from model.config import LLMConfig
 from model.forward_batch import ForwardBatch, KVCache
 from model.paged_attention import paged_attention
-from model.rope import RotaryEmbedding, apply_rotary
+from model.rope import apply_rotary
 
 
 class InternLM2RMSNorm(nn.Module):
@@ -126,10 +126,16 @@ class InternLM2Model(nn.Module):
         self.layers = nn.ModuleList(InternLM2DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rotary: RotaryEmbedding, kv_cache: KVCache, batch: ForwardBatch) -> torch.Tensor:
-        # x: [T, hidden] input embeddings -> [T, hidden] final hidden states
-        cos, sin = rotary.cos_sin(batch.positions, batch.rope_lens)
-        expert_rows = ExpertRows.of(batch.visual_mask)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: KVCache,
+        batch: ForwardBatch,
+        expert_rows: ExpertRows | None,
+    ) -> torch.Tensor:
+        # x: [T, hidden] input embeddings; cos, sin: [T, head_dim] -> [T, hidden] final hidden states
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, kv_cache.key[i], kv_cache.value[i], batch, expert_rows)
         return self.norm(x)

@@ -7,7 +7,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.forward_batch import ForwardBatch, KVCache
-from model.internlm2 import InternLM2VEForCausalLM
+from model.internlm2 import ExpertRows, InternLM2VEForCausalLM
 from model.rope import RotaryEmbedding
 from model.vision import InternVisionPatchModel, pixel_shuffle
 
@@ -52,9 +52,12 @@ class MonoInternVL(nn.Module):
         # -> [T, llm_hidden] final hidden states (normed); logits come from compute_logits
         assert self.rotary is not None, "call prepare() after loading"
         x = self.language_model.model.tok_embeddings(batch.input_ids)
+        expert_rows = None
         if batch.visual_embeds is not None and batch.visual_embeds.numel():
             x = x.index_put((batch.visual_mask,), batch.visual_embeds.to(x.dtype))
-        return self.language_model.model(x, self.rotary, kv_cache, batch)
+            expert_rows = ExpertRows.of(batch.visual_mask)
+        cos, sin = self.rotary.cos_sin(batch.positions, batch.rope_lens, batch.positions_end)
+        return self.language_model.model(x, cos, sin, kv_cache, batch, expert_rows)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, llm_hidden] -> [N, vocab] float32

@@ -59,6 +59,9 @@ def paged_attention(
 ) -> torch.Tensor:
     # q: [T, heads, d]; k, v: [T, kv_heads, d] for this step's tokens -> [T, heads, d]
     write_kv(key_cache, value_cache, k, v, batch.slot_mapping)
+    if batch.decode is not None and len(batch.decode.requests) == len(batch.seq_lens):
+        # every request decodes: the kernel serves the whole batch (the CUDA-graph case)
+        return batch.decode.kernel(q, key_cache, value_cache, batch.decode.block_tables, batch.decode.seq_lens)
     out = torch.empty_like(q)
     served = set()
     if batch.decode is not None:

@@ -69,10 +69,13 @@ class RotaryEmbedding:
         return self.base * scale ** (self.dim / (self.dim - 2))
 
     def cos_sin(
-        self, positions: torch.Tensor, rope_lens: torch.Tensor | None = None
+        self, positions: torch.Tensor, rope_lens: torch.Tensor | None = None, positions_end: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions, rope_lens: [tokens] -> cos, sin: [tokens, head_dim] float32
-        self._grow(int(positions.max()) + 1 if positions.numel() else 0)
+        # positions, rope_lens: [tokens] -> cos, sin: [tokens, head_dim] float32. positions_end (one past
+        # the largest position) is known on the host by the engine: then nothing waits for the device.
+        if positions_end is None:
+            positions_end = int(positions.max()) + 1 if positions.numel() else 0
+        self._grow(positions_end)
         cos, sin = self._cos[positions], self._sin[positions]
         if self.dynamic_factor is None or rope_lens is None:
             return cos, sin

@@ -64,7 +64,7 @@ def _partition_kernel(
         kv_ok = valid[:, None] & dim_ok[None, :]
         k = tl.load(k_cache_ptr + rows[:, None] + dims[None, :], mask=kv_ok, other=0.0)
         v = tl.load(v_cache_ptr + rows[:, None] + dims[None, :], mask=kv_ok, other=0.0)
-        if IEEE:
+        if IEEE:  # noqa: SIM108 (a compile-time branch of the Triton kernel)
             scores = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             scores = tl.dot(q, tl.trans(k))
@@ -73,7 +73,7 @@ def _partition_kernel(
         rescale = tl.exp(best - new_best)
         weights = tl.exp(scores - new_best[:, None])
         total = total * rescale + tl.sum(weights, axis=1)
-        if IEEE:
+        if IEEE:  # noqa: SIM108 (a compile-time branch of the Triton kernel)
             update = tl.dot(weights, v, input_precision="ieee")
         else:
             update = tl.dot(weights.to(v.dtype), v)

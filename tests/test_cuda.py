@@ -39,7 +39,7 @@ def test_triton_decode_equals_the_torch_path(dtype, heads, kv_heads, d):
         )
 
 
-def greedy_tokens(directory, device, dtype, backend) -> dict[str, list[int]]:
+def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False) -> dict[str, list[int]]:
     model = load_model(directory, dtype, device)
     loaded = LoadedCheckpoint(directory, model, Preprocessor(directory, model.config))
     pre = loaded.preprocessor
@@ -48,7 +48,9 @@ def greedy_tokens(directory, device, dtype, backend) -> dict[str, list[int]]:
         "text": pre.process([ChatMessage.text("user", "Tell me a story.")], []),
         "image": pre.process([ChatMessage("user", (ImagePart(0), TextPart("Describe it.")))], [image]),
     }
-    engine = LLMEngine(model, loaded.tokens, EngineConfig(num_kv_blocks=256, attention_backend=backend))
+    config = EngineConfig(num_kv_blocks=256, attention_backend=backend, cuda_graphs=cuda_graphs, max_num_seqs=8)
+    engine = LLMEngine(model, loaded.tokens, config)
+    assert (engine.runner.graphs is not None) == cuda_graphs
     for name, prompt in prompts.items():
         engine.add_request(name, prompt, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
     tokens: dict[str, list[int]] = {}
@@ -67,3 +69,9 @@ def test_cuda_float32_gives_the_cpu_tokens_with_either_backend(tiny_dir):
 def test_bfloat16_runs_on_cuda(tiny_dir):
     tokens = greedy_tokens(tiny_dir, CUDA, torch.bfloat16, "auto")
     assert all(len(t) == 16 for t in tokens.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graphs_give_the_eager_tokens(tiny_dir, dtype):
+    eager = greedy_tokens(tiny_dir, CUDA, dtype, "triton")
+    assert greedy_tokens(tiny_dir, CUDA, dtype, "triton", cuda_graphs=True) == eager

@@ -71,3 +71,49 @@ def test_engine_gives_the_same_tokens_with_the_kernel(tiny_dir):
     result = json.loads(run_interpreted(ENGINE_WITH_KERNEL, str(tiny_dir)))
     assert result["triton"] == result["torch"]
     assert sorted(result["torch"]) == ["0", "1", "2"] and all(len(t) == 6 for t in result["torch"].values())
+
+
+GRAPH_BUFFERS = textwrap.dedent("""
+    import json, sys
+    from engine.cuda_graphs import DecodeGraphs
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling_params import SamplingParams
+    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+    from server.model_loading import load_checkpoint
+    from tests.conftest import png_bytes
+
+    loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
+    pre = loaded.preprocessor
+    image = pre.load_image(png_bytes(500, 300, seed=3), max_tiles=1)
+    prompts = [pre.process([ChatMessage.text("user", q)], []) for q in ("Hi!", "Tell me a story.", "2+2?", "Go")]
+    prompts.append(pre.process([ChatMessage("user", (ImagePart(0), TextPart("What is it?")))], [image]))
+    result, replays = {}, []
+    for backend in ("torch", "graph"):
+        config = EngineConfig(num_kv_blocks=256, attention_backend="torch" if backend == "torch" else "triton")
+        engine = LLMEngine(loaded.model, loaded.tokens, config)
+        if backend == "graph":
+            graphs = DecodeGraphs(loaded.model, engine.kv_cache, engine.runner.decode_kernel,
+                                  scratch_block=256, max_batch=8, max_len=200, capture=False)
+            run = graphs.run
+            graphs.run = lambda batch: replays.append(len(batch.seq_lens)) or run(batch)
+            engine.runner.graphs = graphs
+        # Five at once: while the image chat (327 tokens, past max_len) runs, every step is eager; then
+        # the text chats decode in batches of 4, 3 (padded to 4), 2 and 1 through the buffers.
+        for k, (p, n) in enumerate(zip(prompts, (6, 9, 12, 15, 3))):
+            engine.add_request(str(k), p, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+        tokens = {}
+        while engine.has_unfinished():
+            for out in engine.step():
+                tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+        assert engine.num_free_blocks == 256
+        result[backend] = tokens
+    print(json.dumps({"tokens": result, "replays": sorted(set(replays))}))
+""")
+
+
+def test_graph_buffers_give_the_plain_tokens(tiny_dir):
+    # The CUDA-graph decode path without the capture: static buffers, padding rows on the scratch
+    # block, contexts past max_len back on the eager path. The graphs themselves run in test_cuda.py.
+    result = json.loads(run_interpreted(GRAPH_BUFFERS, str(tiny_dir)))
+    assert result["tokens"]["graph"] == result["tokens"]["torch"]
+    assert result["replays"] == [1, 2, 3, 4], result["replays"]
