@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from model.fast_path import FastPath
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.mono_internvl import MonoInternVL
 
@@ -36,6 +37,7 @@ class DecodeGraphs:
         model: MonoInternVL,
         kv_cache: KVCache,
         decode_kernel: Callable[..., torch.Tensor],
+        fast: FastPath,
         scratch_block: int,
         max_batch: int,
         max_len: int,
@@ -44,6 +46,7 @@ class DecodeGraphs:
         self.model = model
         self.kv_cache = kv_cache
         self.decode_kernel = decode_kernel
+        self.fast = fast
         self.sizes = capture_sizes(max_batch)
         self.max_len = max_len
         block_size = kv_cache.block_size
@@ -70,6 +73,7 @@ class DecodeGraphs:
             and len(batch.decode.requests) == len(batch.seq_lens) <= self.sizes[-1]
             and batch.visual_embeds is None
             and max(batch.seq_lens) <= self.max_len
+            and batch.block_tables.shape[1] <= self.block_tables.shape[1]
         )
 
     @torch.inference_mode()
@@ -111,7 +115,7 @@ class DecodeGraphs:
         )
         llm = self.model.language_model
         x = llm.model.tok_embeddings(batch.input_ids)
-        hidden = llm.model(x, self.cos[:size], self.sin[:size], self.kv_cache, batch, None)
+        hidden = llm.model(x, self.cos[:size], self.sin[:size], self.kv_cache, batch, None, self.fast)
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()

@@ -18,6 +18,7 @@ from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
 from engine.vision_cache import VisionCache
+from model.fast_path import FastPath
 from model.forward_batch import KVCache
 from model.mono_internvl import MonoInternVL
 
@@ -37,6 +38,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
     attention_backend: str = "auto"  # "torch", "triton" (paged decode kernel) or "auto" (triton on CUDA)
+    fast_path: str = "auto"  # optional kernels (model/fast_path.py): auto, none, or norm,rotary,silu,experts
     cuda_graphs: bool = True  # replay decode steps as CUDA graphs (on CUDA, with the Triton kernel)
     cuda_graph_max_len: int = 8192  # longest context a captured decode step serves
 
@@ -75,14 +77,18 @@ class LLMEngine:
             self.block_pool, self.config.max_num_seqs, self.config.max_num_batched_tokens, self._rope_seed
         )
         vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
+        fast = FastPath.parse(self.config.fast_path, model.device, model.dtype)
+        if fast.experts:
+            model.pack_experts()
         self.runner = ModelRunner(
-            model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend
+            model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend, fast
         )
         if self.config.cuda_graphs and model.device.type == "cuda" and self.runner.decode_kernel is not None:
             self.runner.graphs = DecodeGraphs(
                 model,
                 self.kv_cache,
                 self.runner.decode_kernel,
+                fast,
                 scratch_block=num_blocks,
                 max_batch=self.config.max_num_seqs,
                 max_len=min(self.config.cuda_graph_max_len, self.max_model_len),

@@ -11,7 +11,9 @@ from engine.cuda_graphs import DecodeGraphs
 from engine.inputs import ImageInput
 from engine.scheduler import ScheduledChunk
 from engine.vision_cache import VisionCache
+from model.fast_path import FastPath
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
+from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
 
 
@@ -36,8 +38,10 @@ class ModelRunner:
         img_context_id: int,
         vision_cache: VisionCache,
         attention_backend: str = "auto",
+        fast: FastPath = PLAIN,
     ) -> None:
         self.model = model
+        self.fast = fast
         self.decode_kernel = pick_decode_kernel(attention_backend, model.device)
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
@@ -51,7 +55,7 @@ class ModelRunner:
         batch, logits_indices = self.build_batch(chunks)
         if self.graphs is not None and all(c.samples for c in chunks) and self.graphs.fits(batch):
             return self.graphs.run(batch)
-        hidden = self.model(batch, self.kv_cache)
+        hidden = self.model(batch, self.kv_cache, self.fast)
         return self.model.compute_logits(hidden[logits_indices])
 
     def build_batch(self, chunks: list[ScheduledChunk]) -> tuple[ForwardBatch, torch.Tensor]:

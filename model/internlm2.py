@@ -13,9 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import LLMConfig
+from model.fast_path import FastPath
 from model.forward_batch import ForwardBatch, KVCache
-from model.paged_attention import paged_attention
+from model.paged_attention import paged_attention, write_kv
 from model.rope import apply_rotary
+
+try:
+    from model.fused_ops import rms_norm, rotary_and_cache, silu_mul
+except ImportError:  # Triton is optional: FastPath.parse turns these kernels on only where it imports
+    rms_norm = rotary_and_cache = silu_mul = None  # type: ignore[assignment]
+
+PLAIN = FastPath()
 
 
 class InternLM2RMSNorm(nn.Module):
@@ -42,6 +50,14 @@ class InternLM2MLP(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+def activate(gate_up: torch.Tensor, fast: FastPath) -> torch.Tensor:
+    # gate_up: [T, 2 * I], w1's outputs then w3's -> silu(gate) * up
+    if fast.silu:
+        return silu_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 class InternLM2Attention(nn.Module):
     def __init__(self, config: LLMConfig) -> None:
         super().__init__()
@@ -59,15 +75,20 @@ class InternLM2Attention(nn.Module):
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         batch: ForwardBatch,
+        fast: FastPath = PLAIN,
     ) -> torch.Tensor:
         # x: [T, hidden]; wqkv packs, per KV head, its group of query heads, then one key, one value
         tokens = x.shape[0]
         group = self.heads // self.kv_heads
-        qkv = self.wqkv(x).view(tokens, self.kv_heads, group + 2, self.head_dim)
-        q = qkv[:, :, :group].reshape(tokens, self.heads, self.head_dim)
-        k, v = qkv[:, :, group], qkv[:, :, group + 1]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = paged_attention(q, k, v, key_cache, value_cache, batch)
+        qkv = self.wqkv(x)
+        if fast.rotary:
+            q = rotary_and_cache(qkv, cos, sin, key_cache, value_cache, batch.slot_mapping, self.heads)
+        else:
+            qkv = qkv.view(tokens, self.kv_heads, group + 2, self.head_dim)
+            q = apply_rotary(qkv[:, :, :group].reshape(tokens, self.heads, self.head_dim), cos, sin)
+            k, v = apply_rotary(qkv[:, :, group], cos, sin), qkv[:, :, group + 1]
+            write_kv(key_cache, value_cache, k, v, batch.slot_mapping)
+        out = paged_attention(q, key_cache, value_cache, batch)
         return self.wo(out.reshape(tokens, self.heads * self.head_dim))
 
 
@@ -76,13 +97,18 @@ class ExpertRows(NamedTuple):
 
     visual: torch.Tensor  # rows of <IMG_CONTEXT> tokens -> feed_forward_ve
     text: torch.Tensor  # all other rows -> feed_forward
+    order: torch.Tensor  # text rows then visual rows: the grouped GEMM's token order
+    offsets: torch.Tensor  # [2] int32, where the text group and the visual group end in `order`
 
     @classmethod
     def of(cls, visual_mask: torch.Tensor) -> ExpertRows | None:
         """None when no token is visual: the layers then skip the split."""
         if not bool(visual_mask.any()):
             return None
-        return cls(visual_mask.nonzero().squeeze(1), (~visual_mask).nonzero().squeeze(1))
+        visual, text = visual_mask.nonzero().squeeze(1), (~visual_mask).nonzero().squeeze(1)
+        ends = [text.numel(), visual_mask.numel()]
+        offsets = torch.tensor(ends, dtype=torch.int32, device=visual_mask.device)
+        return cls(visual, text, torch.cat([text, visual]), offsets)
 
 
 class InternLM2DecoderLayer(nn.Module):
@@ -93,30 +119,70 @@ class InternLM2DecoderLayer(nn.Module):
         self.feed_forward_ve = InternLM2MLP(config)
         self.attention_norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn_norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Both experts' w1|w3 as [2, 2 * I, hidden] and w2 as [2, hidden, I] (0: text, 1: visual),
+        # set by pack_experts(); the Linear weights are then views of these.
+        self.w13: torch.Tensor | None = None
+        self.w2: torch.Tensor | None = None
 
     def forward(
         self,
         x: torch.Tensor,
+        residual: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         batch: ForwardBatch,
         expert_rows: ExpertRows | None,
-    ) -> torch.Tensor:
-        # x: [T, hidden]
-        h = x + self.attention(self.attention_norm(x), cos, sin, key_cache, value_cache, batch)
-        return h + self.routed_ffn(self.ffn_norm(h), expert_rows)
+        fast: FastPath,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: [T, hidden]. Plain: returns (hidden state, None). Fused norm: the hidden state is
+        # x + residual, and the add happens inside the next norm; returns (FFN output, residual).
+        if fast.norm:
+            normed, residual = rms_norm(x, self.attention_norm.weight, self.attention_norm.eps, residual)
+            attended = self.attention(normed, cos, sin, key_cache, value_cache, batch, fast)
+            normed, residual = rms_norm(attended, self.ffn_norm.weight, self.ffn_norm.eps, residual)
+            return self.routed_ffn(normed, expert_rows, fast), residual
+        if residual is not None:
+            x = x + residual
+        h = x + self.attention(self.attention_norm(x), cos, sin, key_cache, value_cache, batch, fast)
+        return h + self.routed_ffn(self.ffn_norm(h), expert_rows, fast), None
 
-    def routed_ffn(self, x: torch.Tensor, rows: ExpertRows | None) -> torch.Tensor:
-        # Each token runs exactly one expert: gather the image rows, run both groups, scatter back.
+    def routed_ffn(self, x: torch.Tensor, rows: ExpertRows | None, fast: FastPath = PLAIN) -> torch.Tensor:
+        # Each token runs exactly one expert.
+        if fast.experts:
+            return self.grouped_ffn(x, rows, fast)
         if rows is None:
             return self.feed_forward(x)
+        # gather the image rows, run both groups, scatter back
         out = torch.empty_like(x)
         out[rows.visual] = self.feed_forward_ve(x[rows.visual])
         if rows.text.numel():
             out[rows.text] = self.feed_forward(x[rows.text])
         return out
+
+    def grouped_ffn(self, x: torch.Tensor, rows: ExpertRows | None, fast: FastPath) -> torch.Tensor:
+        assert self.w13 is not None and self.w2 is not None, "call pack_experts() first"
+        if rows is None:  # text only: w1|w3 as one GEMM
+            return F.linear(activate(F.linear(x, self.w13[0]), fast), self.w2[0])
+        ordered = x[rows.order]
+        gate_up = torch._grouped_mm(ordered, self.w13.transpose(1, 2), offs=rows.offsets)
+        down = torch._grouped_mm(activate(gate_up, fast), self.w2.transpose(1, 2), offs=rows.offsets)
+        return torch.empty_like(x).index_copy_(0, rows.order, down)
+
+    @torch.no_grad()
+    def pack_experts(self) -> None:
+        """Move both experts' weights into the packed tensors (same values, no second copy kept)."""
+        if self.w13 is not None:
+            return
+        experts = (self.feed_forward, self.feed_forward_ve)
+        inter = self.feed_forward.w1.weight.shape[0]
+        self.w13 = torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts])
+        self.w2 = torch.stack([e.w2.weight for e in experts])
+        for k, expert in enumerate(experts):
+            expert.w1.weight = nn.Parameter(self.w13[k, :inter], requires_grad=False)
+            expert.w3.weight = nn.Parameter(self.w13[k, inter:], requires_grad=False)
+            expert.w2.weight = nn.Parameter(self.w2[k], requires_grad=False)
 
 
 class InternLM2Model(nn.Module):
@@ -134,10 +200,14 @@ class InternLM2Model(nn.Module):
         kv_cache: KVCache,
         batch: ForwardBatch,
         expert_rows: ExpertRows | None,
+        fast: FastPath = PLAIN,
     ) -> torch.Tensor:
         # x: [T, hidden] input embeddings; cos, sin: [T, head_dim] -> [T, hidden] final hidden states
+        residual = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, kv_cache.key[i], kv_cache.value[i], batch, expert_rows)
+            x, residual = layer(x, residual, cos, sin, kv_cache.key[i], kv_cache.value[i], batch, expert_rows, fast)
+        if fast.norm:
+            return rms_norm(x, self.norm.weight, self.norm.eps, residual)[0]
         return self.norm(x)
 
 

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
+from model.fast_path import FastPath
 from model.forward_batch import ForwardBatch, KVCache
-from model.internlm2 import ExpertRows, InternLM2VEForCausalLM
+from model.internlm2 import PLAIN, ExpertRows, InternLM2VEForCausalLM
 from model.rope import RotaryEmbedding
 from model.vision import InternVisionPatchModel, pixel_shuffle
 
@@ -48,7 +49,7 @@ class MonoInternVL(nn.Module):
         grid = pixel_shuffle(patches.reshape(tiles, side, side, channels), self.config.shuffle_factor)
         return self.mlp1(grid.reshape(tiles, -1, grid.shape[-1]))
 
-    def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch, kv_cache: KVCache, fast: FastPath = PLAIN) -> torch.Tensor:
         # -> [T, llm_hidden] final hidden states (normed); logits come from compute_logits
         assert self.rotary is not None, "call prepare() after loading"
         x = self.language_model.model.tok_embeddings(batch.input_ids)
@@ -57,7 +58,12 @@ class MonoInternVL(nn.Module):
             x = x.index_put((batch.visual_mask,), batch.visual_embeds.to(x.dtype))
             expert_rows = ExpertRows.of(batch.visual_mask)
         cos, sin = self.rotary.cos_sin(batch.positions, batch.rope_lens, batch.positions_end)
-        return self.language_model.model(x, cos, sin, kv_cache, batch, expert_rows)
+        return self.language_model.model(x, cos, sin, kv_cache, batch, expert_rows, fast)
+
+    def pack_experts(self) -> None:
+        """Pack each layer's two experts for the grouped GEMM (FastPath.experts)."""
+        for layer in self.language_model.model.layers:
+            layer.pack_experts()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, llm_hidden] -> [N, vocab] float32

@@ -50,15 +50,9 @@ def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 
 def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    batch: ForwardBatch,
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: ForwardBatch
 ) -> torch.Tensor:
-    # q: [T, heads, d]; k, v: [T, kv_heads, d] for this step's tokens -> [T, heads, d]
-    write_kv(key_cache, value_cache, k, v, batch.slot_mapping)
+    # q: [T, heads, d]; this step's K and V are already in the cache -> [T, heads, d]
     if batch.decode is not None and len(batch.decode.requests) == len(batch.seq_lens):
         # every request decodes: the kernel serves the whole batch (the CUDA-graph case)
         return batch.decode.kernel(q, key_cache, value_cache, batch.decode.block_tables, batch.decode.seq_lens)

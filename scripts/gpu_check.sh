@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# One device call: CUDA tests, then the roofline and engine figures on the real 2B shape.
+# One device call: CUDA tests, then the roofline, image TTFT and engine figures on the real 2B shape.
 #   device run: bash scripts/gpu_check.sh   (writes logs to $OUT when set)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/monovl-gpu}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+shape=(--hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 --dtype bfloat16)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cuda_tests.log"
-python3 -m benchmarks.roofline --dtype bfloat16 --steps 128 2>&1 | tee "$out/roofline.log"
-python3 -m benchmarks.roofline --dtype bfloat16 --steps 128 --attention-backend torch 2>&1 | tee -a "$out/roofline.log"
-python3 -m benchmarks.engine_bench --hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 \
-    --requests 64 --output-tokens 128 --max-num-batched-tokens 8192 --dtype bfloat16 2>&1 | tee "$out/engine_bench.log"
+{
+    python3 -m benchmarks.roofline "${shape[@]}" --steps 128
+    python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --fast-path none
+    python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --enforce-eager
+} 2>&1 | tee "$out/roofline.log"
+python3 -m benchmarks.image_ttft "${shape[@]}" 2>&1 | tee "$out/image_ttft.log"
+python3 -m benchmarks.engine_bench "${shape[@]}" --requests 64 --output-tokens 128 --max-num-batched-tokens 8192 \
+    2>&1 | tee "$out/engine_bench.log"

@@ -43,6 +43,14 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "torch", "triton"],
         help="decode attention: the Triton paged kernel (auto: on CUDA) or the torch path",
     )
+    parser.add_argument(
+        "--fast-path",
+        default="auto",
+        help="optional kernels: auto (all this device runs), none, or some of norm,rotary,silu,experts",
+    )
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="no CUDA graphs: run every decode step eagerly (as vLLM's flag)"
+    )
     parser.add_argument("--max-image-tiles", type=int, default=12, help="tile cap per image")
     parser.add_argument("--max-images-per-request", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=256, help="requests in flight before 503")
@@ -91,6 +99,8 @@ def build_state(args: argparse.Namespace) -> ServerState:
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if cuda else 512),
         max_model_len=args.max_model_len,
         attention_backend=args.attention_backend,
+        cuda_graphs=not args.enforce_eager,
+        fast_path=args.fast_path,
         enable_prefix_caching=not args.no_prefix_caching,
         vision_cache_memory=args.vision_cache_memory,
     )

@@ -39,7 +39,7 @@ def test_triton_decode_equals_the_torch_path(dtype, heads, kv_heads, d):
         )
 
 
-def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False) -> dict[str, list[int]]:
+def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False, fast="none") -> dict[str, list[int]]:
     model = load_model(directory, dtype, device)
     loaded = LoadedCheckpoint(directory, model, Preprocessor(directory, model.config))
     pre = loaded.preprocessor
@@ -48,7 +48,9 @@ def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False) -> dict[
         "text": pre.process([ChatMessage.text("user", "Tell me a story.")], []),
         "image": pre.process([ChatMessage("user", (ImagePart(0), TextPart("Describe it.")))], [image]),
     }
-    config = EngineConfig(num_kv_blocks=256, attention_backend=backend, cuda_graphs=cuda_graphs, max_num_seqs=8)
+    config = EngineConfig(
+        num_kv_blocks=256, attention_backend=backend, cuda_graphs=cuda_graphs, max_num_seqs=8, fast_path=fast
+    )
     engine = LLMEngine(model, loaded.tokens, config)
     assert (engine.runner.graphs is not None) == cuda_graphs
     for name, prompt in prompts.items():
@@ -75,3 +77,48 @@ def test_bfloat16_runs_on_cuda(tiny_dir):
 def test_cuda_graphs_give_the_eager_tokens(tiny_dir, dtype):
     eager = greedy_tokens(tiny_dir, CUDA, dtype, "triton")
     assert greedy_tokens(tiny_dir, CUDA, dtype, "triton", cuda_graphs=True) == eager
+
+
+def test_every_fast_path_gives_the_plain_tokens_in_float32(tiny_dir):
+    plain = greedy_tokens(tiny_dir, CUDA, torch.float32, "torch")
+    assert greedy_tokens(tiny_dir, CUDA, torch.float32, "triton", cuda_graphs=True, fast="auto") == plain
+
+
+def test_grouped_experts_run_in_bfloat16():
+    from model.fast_path import grouped_mm_works
+
+    assert grouped_mm_works(CUDA, torch.bfloat16)
+
+
+def test_fused_kernels_round_as_the_plain_path_in_bfloat16():
+    import torch.nn.functional as F
+
+    from model.fused_ops import rms_norm, rotary_and_cache, silu_mul
+    from model.internlm2 import InternLM2RMSNorm
+    from model.paged_attention import write_kv
+    from model.rope import apply_rotary
+
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    dtype = torch.bfloat16
+    norm = InternLM2RMSNorm(2048, 1e-5).to(CUDA)
+    norm.weight.data = (1 + 0.1 * torch.randn(2048, device=CUDA, generator=g)).to(dtype)
+    x, residual = (torch.randn(64, 2048, device=CUDA, generator=g).to(dtype) for _ in range(2))
+    out, total = rms_norm(x, norm.weight, norm.eps, residual)
+    assert torch.equal(total, x + residual)
+    # the sum of squares is reduced in another order: at most one bfloat16 step apart, rarely
+    torch.testing.assert_close(out, norm(x + residual), rtol=8e-3, atol=1e-5)
+    assert (out != norm(x + residual)).float().mean() < 0.01
+    gate_up = torch.randn(64, 2 * 8192, device=CUDA, generator=g).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert (silu_mul(gate_up) != F.silu(gate) * up).float().mean() < 0.001
+    heads, kv_heads, d, tokens = 16, 8, 128, 64
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * d, device=CUDA, generator=g).to(dtype)
+    angles = torch.randn(tokens, d // 2, device=CUDA, generator=g)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    caches = [torch.zeros(8, 16, kv_heads, d, device=CUDA, dtype=dtype) for _ in range(4)]
+    slots = torch.randperm(128, device=CUDA)[:tokens]
+    q = rotary_and_cache(qkv, cos, sin, caches[0], caches[1], slots, heads)
+    packed = qkv.view(tokens, kv_heads, 4, d)
+    write_kv(caches[2], caches[3], apply_rotary(packed[:, :, 2], cos, sin), packed[:, :, 3], slots)
+    assert torch.equal(q, apply_rotary(packed[:, :, :2].reshape(tokens, heads, d), cos, sin))
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])

@@ -92,7 +92,7 @@ GRAPH_BUFFERS = textwrap.dedent("""
         config = EngineConfig(num_kv_blocks=256, attention_backend="torch" if backend == "torch" else "triton")
         engine = LLMEngine(loaded.model, loaded.tokens, config)
         if backend == "graph":
-            graphs = DecodeGraphs(loaded.model, engine.kv_cache, engine.runner.decode_kernel,
+            graphs = DecodeGraphs(loaded.model, engine.kv_cache, engine.runner.decode_kernel, engine.runner.fast,
                                   scratch_block=256, max_batch=8, max_len=200, capture=False)
             run = graphs.run
             graphs.run = lambda batch: replays.append(len(batch.seq_lens)) or run(batch)

@@ -1,0 +1,70 @@
+"""Time to first token of one image chat alone, by tile count: the latency a user waits for.
+
+    python -m benchmarks.image_ttft [--hidden 2048 --layers 24 ...] [--dtype auto] [--repeats 5]
+
+Each measurement is a fresh image (no prefix or vision-cache hit), sent to an idle engine, timed
+from add_request to the first token: preprocessed pixels in, so decoding and tiling (the server's
+worker pool) are not counted. One warm-up request first, so compilation is not counted either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from benchmarks.engine_bench import image_bytes, machine
+from benchmarks.roofline import REAL_2B, sync
+from engine.llm_engine import EngineConfig, LLMEngine
+from engine.sampling_params import SamplingParams
+from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from server.model_loading import load_checkpoint
+from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+
+# width x height -> tiles (with the thumbnail) under the default 12-tile cap
+SIZES = {1: (448, 448), 3: (900, 420), 7: (1344, 900), 13: (1600, 1200)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(parser, REAL_2B)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    args = parser.parse_args()
+
+    directory = bench_checkpoint(shape_from_args(args))
+    loaded = load_checkpoint(str(directory), args.dtype, "auto")
+    pre, device = loaded.preprocessor, loaded.model.device
+    engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(
+        num_kv_blocks=1024, max_num_seqs=8, max_num_batched_tokens=args.max_num_batched_tokens))  # fmt: skip
+    print(f"machine: {machine()}")
+    print(f"model: {directory.name}, {loaded.model.dtype}; chunk budget {args.max_num_batched_tokens} tokens")
+
+    def first_token_seconds(seed: int, size: tuple[int, int]) -> tuple[float, int, int]:
+        image = pre.load_image(image_bytes(*size, seed=seed))
+        prompt = pre.process([ChatMessage("user", (ImagePart(0), TextPart("Describe the image.")))], [image])
+        sync(device)
+        started = time.perf_counter()
+        engine.add_request(f"r{seed}", prompt, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+        while engine.has_unfinished():
+            engine.step()
+        sync(device)
+        return time.perf_counter() - started, image.num_tiles, prompt.num_tokens
+
+    first_token_seconds(1000, SIZES[13])
+    for tiles, size in SIZES.items():
+        runs = [first_token_seconds(tiles * 100 + k, size) for k in range(args.repeats)]
+        assert runs[0][1] == tiles, (tiles, runs[0][1])
+        times = sorted(t for t, _, _ in runs)
+        print(
+            f"{tiles:2d} tiles ({runs[0][2]:5d} prompt tokens): TTFT p50 {statistics.median(times) * 1000:8.1f} ms"
+            f"  min {times[0] * 1000:8.1f} ms  max {times[-1] * 1000:8.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

@@ -1,0 +1,75 @@
+"""Which optional kernels a forward uses. The plain torch path is the default and the oracle.
+
+Each switch replaces one piece of the decoder with a faster form that equals it to float rounding
+(tests/test_fast_path.py compares every one with the plain path):
+
+- `norm`: RMSNorm and the residual add before it in one Triton kernel.
+- `rotary`: RoPE on q and k and the KV-cache write in one Triton kernel.
+- `silu`: silu(w1 x) * (w3 x) in one Triton kernel, on w1 and w3 run as one GEMM.
+- `experts`: both experts' weights packed, so text-only batches run w1|w3 as one GEMM and mixed
+  batches run the two experts as one grouped GEMM over the routed tokens (`torch._grouped_mm`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import torch
+
+log = logging.getLogger(__name__)
+
+NAMES = ("norm", "rotary", "silu", "experts")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    norm: bool = False
+    rotary: bool = False
+    silu: bool = False
+    experts: bool = False
+
+    @classmethod
+    def parse(cls, spec: str, device: torch.device, dtype: torch.dtype) -> FastPath:
+        """`auto` (on CUDA, all that it runs; on the CPU none), `none`, or names joined by commas."""
+        if spec == "none":
+            return cls()
+        if spec == "auto":  # CUDA only: on the CPU the grouped GEMM is a loop and Triton an interpreter
+            if device.type != "cuda":
+                return cls()
+            triton_ok = _triton_imports()
+            return cls(triton_ok, triton_ok, triton_ok, grouped_mm_works(device, dtype))
+        names = {name.strip() for name in spec.split(",") if name.strip()}
+        unknown = names - set(NAMES)
+        if unknown:
+            raise ValueError(f"unknown fast-path kernels {sorted(unknown)}: use auto, none or some of {NAMES}")
+        if names & {"norm", "rotary", "silu"} and not _triton_imports():
+            raise ValueError("fast-path kernels norm, rotary and silu need Triton, which is not installed")
+        if "experts" in names and not grouped_mm_works(device, dtype):
+            raise ValueError(f"fast-path 'experts' needs torch._grouped_mm for {dtype} on {device.type}")
+        return cls(**{f.name: f.name in names for f in fields(cls)})
+
+    def __str__(self) -> str:
+        return ",".join(f.name for f in fields(self) if getattr(self, f.name)) or "none"
+
+
+def _triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """torch._grouped_mm runs on some devices and dtypes only (CUDA: bfloat16 on Hopper); try it once."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        a = torch.ones(24, 32, device=device, dtype=dtype)
+        b = torch.ones(2, 48, 32, device=device, dtype=dtype).transpose(1, 2)
+        out = torch._grouped_mm(a, b, offs=torch.tensor([8, 24], device=device, dtype=torch.int32))
+        return bool((out == 32).all())
+    except (RuntimeError, NotImplementedError) as error:
+        log.info("grouped GEMM unavailable for %s on %s: %s", dtype, device, error)
+        return False
