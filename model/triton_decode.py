@@ -8,7 +8,9 @@ query heads that share the KV head, and a second kernel merges the partitions. W
 one request decodes on 8 programs (one per KV head) of a GPU's 132 multiprocessors.
 
 The number of partitions follows the block table's width, not the requests' lengths, so a CUDA
-graph captured with a fixed table width replays for any context that fits it. It runs on CUDA,
+graph captured with a fixed table width replays for any context that fits it. It is a run-time
+argument, not a compile-time one: eager steps of every table width share one compiled kernel (on
+an H200 each new compile cost about a second of a busy engine's time). It runs on CUDA,
 and on the CPU under TRITON_INTERPRET=1 for tests.
 """
 
@@ -24,7 +26,7 @@ PARTITION = 256  # context tokens per program
 TILE = 64  # tokens per inner step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt_row"])  # table widths vary step to step: one compile for all
 def _partition_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     best_ptr, total_ptr, acc_ptr,
@@ -33,8 +35,7 @@ def _partition_kernel(
     stride_kc_block, stride_kc_slot, stride_kc_head,
     stride_bt_row,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr, TILE: tl.constexpr, NUM_PARTITIONS: tl.constexpr,
-    IEEE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr, TILE: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     request = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -79,25 +80,24 @@ def _partition_kernel(
             update = tl.dot(weights.to(v.dtype), v)
         acc = acc * rescale[:, None] + update
         best = new_best
-    stat = (request * (tl.num_programs(1) * GROUP) + heads) * NUM_PARTITIONS + part
+    stat = (request * (tl.num_programs(1) * GROUP) + heads) * tl.num_programs(2) + part
     tl.store(best_ptr + stat, best, mask=head_ok)
     tl.store(total_ptr + stat, total, mask=head_ok)
     tl.store(acc_ptr + stat[:, None] * DIM_PAD + dims[None, :], acc, mask=head_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_partitions"])
 def _merge_kernel(
     best_ptr, total_ptr, acc_ptr, seq_lens_ptr, out_ptr,
-    stride_o_token, stride_o_head,
-    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, PARTITION: tl.constexpr,
-    NUM_PARTITIONS: tl.constexpr, PARTS_PAD: tl.constexpr,
+    num_partitions, stride_o_token, stride_o_head,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, PARTITION: tl.constexpr, PARTS_PAD: tl.constexpr,
 ):  # fmt: skip
     request = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + request)
     parts = tl.arange(0, PARTS_PAD)
     used = parts < tl.cdiv(seq_len, PARTITION)
-    base = (request * tl.num_programs(1) + head) * NUM_PARTITIONS
+    base = (request * tl.num_programs(1) + head) * num_partitions
     best = tl.load(best_ptr + base + parts, mask=used, other=float("-inf"))
     total = tl.load(total_ptr + base + parts, mask=used, other=0.0)
     dims = tl.arange(0, DIM_PAD)
@@ -136,14 +136,13 @@ def paged_decode(
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, DIM_PAD=dim_pad,
-        BLOCK_SIZE=block_size, PARTITION=PARTITION, TILE=TILE, NUM_PARTITIONS=num_partitions,
-        IEEE=key_cache.dtype == torch.float32,
+        BLOCK_SIZE=block_size, PARTITION=PARTITION, TILE=TILE, IEEE=key_cache.dtype == torch.float32,
     )  # fmt: skip
     out = torch.empty_like(q)
     _merge_kernel[(batch, heads)](
         stats, total, acc, seq_lens, out,
-        out.stride(0), out.stride(1),
+        num_partitions, out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, DIM_PAD=dim_pad, PARTITION=PARTITION,
-        NUM_PARTITIONS=num_partitions, PARTS_PAD=triton.next_power_of_2(num_partitions),
+        PARTS_PAD=max(16, triton.next_power_of_2(num_partitions)),
     )  # fmt: skip
     return out
