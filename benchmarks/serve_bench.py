@@ -3,6 +3,8 @@
     python -m benchmarks.serve_bench [--model DIR] [--requests 64] [--concurrency 1 8 32] [--output-tokens 64]
     python -m benchmarks.serve_bench --url http://host:8000 --baseline-url http://host:8001 ...
 
+With --url the servers' caches carry over from one level to the next (and from earlier runs).
+
 A workload of text chats, image chats of 1 to 13 tiles and follow-up turns on the same images is
 sent at each fixed concurrency, streaming, to our server and to a baseline: the same model served
 one request at a time with no prefix or vision cache (`--max-num-seqs 1 --no-prefix-caching
@@ -134,19 +136,18 @@ def summarize(samples: list[Sample], elapsed: float, concurrency: int) -> dict:
 
 
 def measure(url: str | None, server_args: list[str], model: Path | None, chats, levels, max_tokens) -> list[dict]:
-    server = None if url else ServerProcess(model, *server_args)
-    try:
-        base = url or server.url
-        results = []
-        for level in levels:
-            results.append(asyncio.run(run_level(base, chats, level, max_tokens)))
-            print(
-                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results[-1].items()}), flush=True
-            )
-        return results
-    finally:
-        if server:
-            server.stop()
+    """Each level on a fresh server when we start it: the same chats again would find every prompt
+    and image in the prefix and vision caches of the level before. A given --url keeps its caches."""
+    results = []
+    for level in levels:
+        server = None if url else ServerProcess(model, *server_args)
+        try:
+            results.append(asyncio.run(run_level(url or server.url, chats, level, max_tokens)))
+        finally:
+            if server:
+                server.stop()
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results[-1].items()}), flush=True)
+    return results
 
 
 def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
