@@ -25,8 +25,9 @@ from preprocessing.chat_template import ChatMessage
 from server.model_loading import load_checkpoint
 from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
-# The LLM shape of OpenGVLab/Mono-InternVL-2B (the tiny tokenizer keeps the vocabulary small).
-REAL_2B = TinyShape(hidden=2048, layers=24, heads=16, kv_heads=8, intermediate=8192, vit_hidden=256)
+# The LLM shape of OpenGVLab/Mono-InternVL-2B, its 92,553-row embedding and LM head included (the
+# tiny tokenizer decodes the first thousand; the rest are rows with no text, as padding would be).
+REAL_2B = TinyShape(hidden=2048, layers=24, heads=16, kv_heads=8, intermediate=8192, vit_hidden=256, vocab=92553)
 
 
 def read_bandwidth(device: torch.device, gib: float = 1.0) -> float:

@@ -161,7 +161,11 @@ class LLMEngine:
             if logprob is not None:
                 request.new_logprobs.append(logprob)
             request.token_ids.append(token)
-            self._check_finished(request, token)
+            try:
+                self._check_finished(request, token)
+            except Exception:  # detokenizing one request's token must not stop the others
+                log.exception("request %s failed after sampling token %d", request.request_id, token)
+                request.finish("error", "internal error while detokenizing the output")
             outputs.append(self._output(request))
         return outputs
 

@@ -29,6 +29,7 @@ class TinyShape:
     vit_hidden: int = 32
     rope_scaling: str = "dynamic:2.0"  # "none", "dynamic:F" or "linear:F"
     max_position_embeddings: int = 32768
+    vocab: int = 0  # rows of the embedding and LM head; 0: the tokenizer's size, more: padded past it
 
 
 def config_dict(shape: TinyShape, vocab_size: int) -> dict:
@@ -59,7 +60,7 @@ def config_dict(shape: TinyShape, vocab_size: int) -> dict:
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
         "use_cache": True,
-        "vocab_size": vocab_size,
+        "vocab_size": max(vocab_size, shape.vocab),
     }
     vision_config = {
         "architectures": ["InternVisionPatchModel"],

@@ -96,7 +96,9 @@ class Tokenizer:
                 continue
             token = self._added_by_id.get(i)
             if token is None:
-                run.append(i)
+                if 0 <= i < self.sp.get_piece_size():
+                    run.append(i)
+                # else: a row of a config vocab padded past the tokenizer; it has no text
                 continue
             out.append(self.sp.decode(run))
             out.append(token.content)
@@ -106,7 +108,9 @@ class Tokenizer:
 
     def id_to_piece(self, token_id: int) -> str:
         token = self._added_by_id.get(token_id)
-        return token.content if token else self.sp.id_to_piece(token_id)
+        if token:
+            return token.content
+        return self.sp.id_to_piece(token_id) if 0 <= token_id < self.sp.get_piece_size() else ""
 
 
 def _read_json(path: Path) -> dict:

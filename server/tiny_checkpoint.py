@@ -67,7 +67,16 @@ def ensure_demo_checkpoint() -> tuple[Path, bool]:
 def add_shape_args(parser: argparse.ArgumentParser, defaults: TinyShape | None = None) -> None:
     """--hidden, --layers, ... for the size of a random checkpoint."""
     defaults = defaults or TinyShape()
-    for field in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vit_hidden", "max_position_embeddings"):
+    for field in (
+        "hidden",
+        "layers",
+        "heads",
+        "kv_heads",
+        "intermediate",
+        "vit_hidden",
+        "max_position_embeddings",
+        "vocab",
+    ):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
     parser.add_argument("--rope-scaling", default=defaults.rope_scaling, help="none, dynamic:F or linear:F")
 

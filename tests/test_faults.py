@@ -112,3 +112,54 @@ def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
         assert small.metric("monovl:kv_cache_usage_perc") == 0
     finally:
         small.stop()
+
+
+def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
+    # 4,000 rows against a ~1,000-token tokenizer: a random model samples mostly rows with no text.
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling_params import SamplingParams
+    from preprocessing.chat_template import ChatMessage
+    from server.model_loading import load_checkpoint
+
+    loaded = load_checkpoint(str(make_checkpoint(vocab=4000)), "float32", "cpu")
+    assert loaded.model.config.llm.vocab_size == 4000
+    engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=64))
+    prompt = loaded.preprocessor.process([ChatMessage.text("user", "Hello!")], [])
+    engine.add_request("r", prompt, SamplingParams(temperature=1.0, seed=0, max_tokens=24, ignore_eos=True))
+    outputs = []
+    while engine.has_unfinished():
+        outputs += engine.step()
+    tokens = [t for o in outputs for t in o.new_token_ids]
+    assert outputs[-1].finish_reason == "length" and len(tokens) == 24
+    assert any(t >= loaded.preprocessor.tokenizer.vocab_size for t in tokens)
+    assert "".join(o.new_text for o in outputs) == loaded.preprocessor.tokenizer.decode(tokens)
+
+
+def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
+    from engine.detokenizer import IncrementalDetokenizer
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling_params import SamplingParams
+    from preprocessing.chat_template import ChatMessage
+    from server.model_loading import LoadedCheckpoint
+
+    tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
+    engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
+    for name in ("good", "bad"):
+        prompt = preprocessor.process([ChatMessage.text("user", "Hi!")], [])
+        engine.add_request(name, prompt, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    poisoned = engine.requests[("bad", 0)].detokenizer
+    real = IncrementalDetokenizer.append
+
+    def append(self, token):
+        if self is poisoned:
+            raise RuntimeError("injected detokenizer fault")
+        return real(self, token)
+
+    monkeypatch.setattr(IncrementalDetokenizer, "append", append)
+    finished = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out.finish_reason
+    assert finished == {"bad": "error", "good": "length"}
+    assert engine.num_free_blocks == 64

@@ -78,3 +78,12 @@ def test_decode_skips_special_tokens_and_joins_bytes(tiny_dir):
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode([tok.token_id("<|im_start|>"), *ids, tok.token_id("<|im_end|>"), 2]) == text
     assert tok.decode([tok.token_id("<img>")], skip_special_tokens=False) == "<img>"
+
+
+def test_ids_past_the_tokenizer_have_no_text(checkpoint):
+    # A config vocab padded past the tokenizer (as fine-tunes often are) lets a model sample such ids.
+    tok = Tokenizer(checkpoint)
+    ids = tok.encode("hello world")
+    beyond = [tok.vocab_size, tok.vocab_size + 7, -1]
+    assert tok.decode(ids[:2] + beyond + ids[2:]) == tok.decode(ids)
+    assert [tok.id_to_piece(i) for i in beyond] == ["", "", ""]
