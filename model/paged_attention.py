@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 from model.forward_batch import ForwardBatch
 
@@ -40,11 +41,11 @@ def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     # q: [n, heads, d] (the last n of the context); k, v: [L, kv_heads, d] -> [n, heads, d]
     n, seq_len = q.shape[0], k.shape[0]
     mask = None
-    if 1 < n < seq_len:  # a chunk after cached context: query i sees keys up to seq_len - n + i
-        mask = (
-            torch.arange(seq_len, device=q.device)[None, :]
-            <= torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
-        )
+    if 1 < n < seq_len:
+        # A chunk after cached context: query i sees keys up to seq_len - n + i. As a CausalBias, CUDA
+        # runs it as flash attention's own lower-right causal mask (nothing materialized); the CPU
+        # builds the boolean mask.
+        mask = causal_lower_right(n, seq_len)
     args = (q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
     options = {"attn_mask": mask, "is_causal": n > 1 and mask is None, "enable_gqa": True}
     if q.is_cuda:
