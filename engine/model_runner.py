@@ -11,7 +11,7 @@ from engine.cuda_graphs import DecodeGraphs
 from engine.inputs import ImageInput
 from engine.scheduler import ScheduledChunk
 from engine.vision_cache import VisionCache
-from model.fast_path import FastPath
+from model.fast_path import FastPath, triton_runs_on
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
@@ -21,12 +21,12 @@ def pick_decode_kernel(backend: str, device: torch.device) -> Callable[..., torc
     """`auto`: the Triton paged decode kernel on CUDA when Triton imports, else the torch path."""
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return None
-    try:
-        from model.triton_decode import paged_decode
-    except ImportError:
+    if not triton_runs_on(device):
         if backend == "triton":
-            raise RuntimeError("attention backend 'triton' was asked for but Triton is not installed") from None
+            raise ValueError("attention backend 'triton' needs CUDA and Triton (or TRITON_INTERPRET=1, for tests)")
         return None
+    from model.triton_decode import paged_decode
+
     return paged_decode
 
 

@@ -13,6 +13,7 @@ Each switch replaces one piece of the decoder with a faster form that equals it 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -43,8 +44,11 @@ class FastPath:
         unknown = names - set(NAMES)
         if unknown:
             raise ValueError(f"unknown fast-path kernels {sorted(unknown)}: use auto, none or some of {NAMES}")
-        if names & {"norm", "rotary", "silu"} and not _triton_imports():
-            raise ValueError("fast-path kernels norm, rotary and silu need Triton, which is not installed")
+        if names & {"norm", "rotary", "silu"} and not triton_runs_on(device):
+            raise ValueError(
+                "fast-path kernels norm, rotary and silu are Triton kernels: they need CUDA and Triton "
+                "(or TRITON_INTERPRET=1, for tests)"
+            )
         if "experts" in names and not grouped_mm_works(device, dtype):
             raise ValueError(f"fast-path 'experts' needs torch._grouped_mm for {dtype} on {device.type}")
         return cls(**{f.name: f.name in names for f in fields(cls)})
@@ -59,6 +63,11 @@ def _triton_imports() -> bool:
     except ImportError:
         return False
     return True
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Triton kernels run on CUDA, and anywhere under its interpreter (how the CPU tests run them)."""
+    return _triton_imports() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:

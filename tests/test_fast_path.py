@@ -130,3 +130,21 @@ def test_parse():
     assert not FastPath.parse("auto", cpu, torch.float32).norm  # the Triton kernels are for CUDA
     with pytest.raises(ValueError, match="unknown"):
         FastPath.parse("norm,warp", cpu, torch.float32)
+
+
+def test_triton_kernels_are_refused_where_they_cannot_run(monkeypatch):
+    # On the CPU a compiled Triton kernel has no driver: asked for there, it must fail at start,
+    # not on every request. The interpreter (the tests' way to run them) is the exception.
+    pytest.importorskip("triton")
+    from engine.model_runner import pick_decode_kernel
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        FastPath.parse("norm", cpu, torch.float32)
+    with pytest.raises(ValueError, match="CUDA"):
+        pick_decode_kernel("triton", cpu)
+    assert pick_decode_kernel("auto", cpu) is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert FastPath.parse("norm,rotary", cpu, torch.float32) == FastPath(norm=True, rotary=True)
+    assert pick_decode_kernel("triton", cpu) is not None
