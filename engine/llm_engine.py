@@ -78,7 +78,7 @@ class LLMEngine:
         )
         vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
         fast = FastPath.parse(self.config.fast_path, model.device, model.dtype)
-        if fast.experts:
+        if fast.experts or fast.silu:
             model.pack_experts()
         self.runner = ModelRunner(
             model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend, fast

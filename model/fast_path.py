@@ -5,9 +5,13 @@ Each switch replaces one piece of the decoder with a faster form that equals it 
 
 - `norm`: RMSNorm and the residual add before it in one Triton kernel.
 - `rotary`: RoPE on q and k and the KV-cache write in one Triton kernel.
-- `silu`: silu(w1 x) * (w3 x) in one Triton kernel, on w1 and w3 run as one GEMM.
-- `experts`: both experts' weights packed, so text-only batches run w1|w3 as one GEMM and mixed
-  batches run the two experts as one grouped GEMM over the routed tokens (`torch._grouped_mm`).
+- `silu`: each expert's w1 and w3 as one GEMM on packed weights, then silu(gate) * up in one
+  Triton kernel.
+- `experts`: both experts as one grouped GEMM over the routed tokens (`torch._grouped_mm`) on the
+  packed weights; text-only batches run w1|w3 as one GEMM.
+
+Packing (`MonoInternVL.pack_experts`) keeps the checkpoint-named weights as views of the packed
+tensors, so the plain path still runs on a packed model.
 """
 
 from __future__ import annotations
