@@ -127,3 +127,22 @@ def test_fused_kernels_round_as_the_plain_path_in_bfloat16():
         torch.testing.assert_close(ours, plain, rtol=2**-7, atol=2**-5)
         assert (ours != plain).float().mean() < 0.05
     assert torch.equal(caches[1], caches[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n", "seq_len"), [(300, 300), (37, 300), (1, 300)])
+def test_prefill_attention_on_cuda_equals_the_cpu(dtype, n, seq_len):
+    # Whole prompts (is_causal), chunks after cached context (causal_lower_right, flash on CUDA in bf16)
+    # and single queries, against the CPU in float32.
+    from model.paged_attention import causal_gqa
+
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (
+        torch.randn(n, 16, 128, generator=g),
+        torch.randn(seq_len, 8, 128, generator=g),
+        torch.randn(seq_len, 8, 128, generator=g),
+    )
+    expected = causal_gqa(q, k, v)
+    ours = causal_gqa(*(t.to(CUDA, dtype) for t in (q, k, v))).float().cpu()
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(ours, expected, rtol=tolerance, atol=tolerance)
