@@ -144,5 +144,5 @@ def test_prefill_attention_on_cuda_equals_the_cpu(dtype, n, seq_len):
     )
     expected = causal_gqa(q, k, v)
     ours = causal_gqa(*(t.to(CUDA, dtype) for t in (q, k, v))).float().cpu()
-    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    tolerance = 4e-2 if dtype == torch.bfloat16 else 1e-4  # a wrong mask is off by O(1)
     torch.testing.assert_close(ours, expected, rtol=tolerance, atol=tolerance)
