@@ -18,3 +18,6 @@ python3 -m benchmarks.image_ttft "${shape[@]}" 2>&1 | tee "$out/image_ttft.log"
 python3 -m benchmarks.decode_kernel 2>&1 | tee "$out/decode_kernel.log"
 python3 -m benchmarks.engine_bench "${shape[@]}" --requests 64 --output-tokens 128 --max-num-batched-tokens 8192 \
     2>&1 | tee "$out/engine_bench.log"
+# Batching must not change greedy tokens: float32, where bf16's rounding ties cannot hide a bug.
+python3 -m benchmarks.engine_bench --hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 \
+    --dtype float32 --requests 16 --output-tokens 32 --max-num-batched-tokens 8192 2>&1 | tee "$out/engine_bench_fp32.log"
