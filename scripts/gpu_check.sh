@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/monovl-gpu}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-shape=(--hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 --dtype bfloat16)
+shape=(--hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 --vocab 92553 --dtype bfloat16)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cuda_tests.log"
 {
@@ -19,5 +19,5 @@ python3 -m benchmarks.decode_kernel 2>&1 | tee "$out/decode_kernel.log"
 python3 -m benchmarks.engine_bench "${shape[@]}" --requests 64 --output-tokens 128 --max-num-batched-tokens 8192 \
     2>&1 | tee "$out/engine_bench.log"
 # Batching must not change greedy tokens: float32, where bf16's rounding ties cannot hide a bug.
-python3 -m benchmarks.engine_bench --hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 \
-    --dtype float32 --requests 16 --output-tokens 32 --max-num-batched-tokens 8192 2>&1 | tee "$out/engine_bench_fp32.log"
+python3 -m benchmarks.engine_bench "${shape[@]}" --dtype float32 --requests 16 --output-tokens 32 \
+    --max-num-batched-tokens 8192 2>&1 | tee "$out/engine_bench_fp32.log"
