@@ -132,13 +132,21 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = build_state(args)
+    engine = state.engine.engine
+    runner = engine.runner
     logging.getLogger("monovl").info(
-        "serving %s on http://%s:%d (KV pool %d blocks, context %d tokens)",
+        "serving %s on http://%s:%d (%s %s; KV pool %d blocks, context %d tokens; decode attention %s, "
+        "fast path %s, CUDA graphs %s)",
         state.settings.served_model_name,
         args.host,
         args.port,
-        state.engine.engine.block_pool.num_blocks,
+        engine.model.device,
+        str(engine.model.dtype).removeprefix("torch."),
+        engine.block_pool.num_blocks,
         state.max_model_len,
+        "triton" if runner.decode_kernel is not None else "torch",
+        runner.fast,
+        f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
     )
     uvicorn.run(
         create_app(state),
