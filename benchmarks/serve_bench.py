@@ -1,16 +1,18 @@
 """Serving benchmark over HTTP: TTFT, inter-token and end-to-end latency, throughput, against a baseline.
 
     python -m benchmarks.serve_bench [--model DIR] [--requests 64] [--concurrency 1 8 32] [--output-tokens 64]
+    python -m benchmarks.serve_bench --request-rate 0.5 2 inf ...   (Poisson arrivals instead)
     python -m benchmarks.serve_bench --url http://host:8000 --baseline-url http://host:8001 ...
 
 With --url the servers' caches carry over from one level to the next (and from earlier runs).
 
 A workload of text chats, image chats of 1 to 13 tiles and follow-up turns on the same images is
-sent at each fixed concurrency, streaming, to our server and to a baseline: the same model served
-one request at a time with no prefix or vision cache (`--max-num-seqs 1 --no-prefix-caching
---vision-cache-memory 0`). With `--model` both servers are started here, one after the other.
-Prints a table with every figure's ratio to the baseline; writes JSON and a PNG plot of latency
-against throughput per concurrency (`--out`).
+sent at each fixed concurrency (or mean request rate), streaming, to our server and to a baseline:
+the same model served one request at a time with no prefix or vision cache (`--max-num-seqs 1
+--no-prefix-caching --vision-cache-memory 0`). With `--model` both servers are started here, one
+after the other. Prints a table with every figure's ratio to the baseline ("base alone" is the
+baseline's image TTFT at the first level: give the lowest concurrency or rate first); writes JSON
+and a PNG plot of latency against throughput per level (`--out`).
 """
 
 from __future__ import annotations
@@ -102,30 +104,51 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, messages: list[dic
     return Sample(kind, ttft, statistics.fmean(gaps) if gaps else None, e2e, tokens)
 
 
-async def run_level(url: str, chats, concurrency: int, max_tokens: int) -> dict:
-    gate = asyncio.Semaphore(concurrency)
+@dataclass(frozen=True)
+class Level:
+    """A fixed number of requests in flight, or arrivals at a mean rate (a Poisson process, as vLLM's
+    benchmark; `inf` sends all at once), with no cap on how many are in flight."""
 
-    async def limited(client, kind, messages):
+    concurrency: int | None = None
+    rate: float | None = None
+
+    def __str__(self) -> str:
+        return f"c{self.concurrency}" if self.concurrency is not None else f"r{self.rate:g}"
+
+
+async def run_level(url: str, chats, level: Level, max_tokens: int) -> dict:
+    gate = asyncio.Semaphore(level.concurrency or len(chats))
+    rng = random.Random(0)
+    delays = list(itertools.accumulate(
+        0.0 if level.rate in (None, float("inf")) else rng.expovariate(level.rate) for _ in chats
+    ))  # fmt: skip
+
+    async def limited(client, delay, kind, messages):
+        await asyncio.sleep(delay)
         async with gate:
             return await one(client, url, kind, messages, max_tokens)
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=3600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
-        samples = await asyncio.gather(*(limited(client, kind, messages) for kind, messages in chats))
+    connections = (level.concurrency or len(chats)) + 4
+    async with httpx.AsyncClient(timeout=3600, limits=httpx.Limits(max_connections=connections)) as client:
+        samples = await asyncio.gather(
+            *(limited(client, delay, kind, messages) for delay, (kind, messages) in zip(delays, chats, strict=True))
+        )
     elapsed = time.perf_counter() - started
-    return summarize(samples, elapsed, concurrency)
+    return summarize(samples, elapsed, level)
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def summarize(samples: list[Sample], elapsed: float, concurrency: int) -> dict:
+def summarize(samples: list[Sample], elapsed: float, level: Level) -> dict:
     ttft = [s.ttft for s in samples]
     itl = [s.itl for s in samples if s.itl is not None]
     e2e = [s.e2e for s in samples]
     image_ttft = [s.ttft for s in samples if s.kind == "image"]
-    out = {"concurrency": concurrency, "requests": len(samples), "seconds": elapsed,
+    out = {"level": str(level), "concurrency": level.concurrency, "request_rate": level.rate,
+           "requests": len(samples), "seconds": elapsed,
            "request_throughput": len(samples) / elapsed,
            "output_token_throughput": sum(s.output_tokens for s in samples) / elapsed,
            "image_ttft_p50": pct(image_ttft, 50)}  # fmt: skip
@@ -165,7 +188,7 @@ def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
         for axis, key in zip(axes, ("ttft_p50", "itl_p50"), strict=True):
             axis.plot(x, [r[key] for r in rows], marker="o", label=label)
             for r in rows:
-                axis.annotate(str(r["concurrency"]), (r["output_token_throughput"], r[key]))
+                axis.annotate(r["level"], (r["output_token_throughput"], r[key]))
     for axis, title in zip(axes, ("TTFT p50 (s)", "inter-token latency p50 (s)"), strict=True):
         axis.set_xlabel("output tokens/s")
         axis.set_title(title)
@@ -182,19 +205,27 @@ def main() -> None:
     parser.add_argument("--baseline-url")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--request-rate", type=float, nargs="+", help="instead, mean arrivals per second (inf: all at once)"
+    )
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("serve_bench"))
     args = parser.parse_args()
     model = None if args.url else (Path(args.model) if args.model else bench_checkpoint(MID_SIZE))
     chats = workload(args.requests)
+    if args.request_rate:
+        levels = [Level(rate=rate) for rate in args.request_rate]
+    else:
+        levels = [Level(concurrency=c) for c in args.concurrency]
+    max_seqs = max(args.concurrency) if not args.request_rate else args.requests
     print(f"machine: {machine()}; {len(chats)} chats, {args.output_tokens} output tokens each")
     print("monovl:")
     ours = measure(
         args.url,
-        ["--max-num-seqs", str(max(args.concurrency)), "--max-queue", "10000"],
+        ["--max-num-seqs", str(max_seqs), "--max-queue", "10000"],
         model,
         chats,
-        args.concurrency,
+        levels,
         args.output_tokens,
     )
     print("baseline (one at a time, no caches):")
@@ -203,17 +234,17 @@ def main() -> None:
         ["--max-num-seqs", "1", "--no-prefix-caching", "--vision-cache-memory", "0", "--max-queue", "10000"],
         model,
         chats,
-        args.concurrency,
+        levels,
         args.output_tokens,
     )
     print(
-        f"{'conc':>4} {'tok/s':>8} {'x base':>7} {'TTFT p50':>9} {'x base':>7} {'ITL p50':>8} {'E2E p50':>8} "
+        f"{'level':>5} {'tok/s':>8} {'x base':>7} {'TTFT p50':>9} {'x base':>7} {'ITL p50':>8} {'E2E p50':>8} "
         f"{'img TTFT p50':>12} {'base alone':>10}"
     )
     alone = baseline[0]["image_ttft_p50"]
     for o, b in zip(ours, baseline, strict=True):
         print(
-            f"{o['concurrency']:>4} {o['output_token_throughput']:8.1f} "
+            f"{o['level']:>5} {o['output_token_throughput']:8.1f} "
             f"{o['output_token_throughput'] / b['output_token_throughput']:6.2f}x {o['ttft_p50']:9.3f} "
             f"{b['ttft_p50'] / o['ttft_p50']:6.2f}x {o['itl_p50']:8.4f} {o['e2e_p50']:8.2f} "
             f"{o['image_ttft_p50']:12.3f} {alone:10.3f}"
