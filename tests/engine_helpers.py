@@ -44,6 +44,13 @@ def run(engine: LLMEngine, arrivals: dict[int, list[tuple[str, PromptInputs, Sam
     return dict(results)
 
 
+def greedy_tokens(engine: LLMEngine, prompts: list[PromptInputs], max_tokens: int) -> dict[str, list[int]]:
+    """The prompts as requests "0", "1", ... arriving together; each one's greedy token ids."""
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    done = run(engine, {0: [(str(k), prompt, params) for k, prompt in enumerate(prompts)]})
+    return {request_id: completion.token_ids for (request_id, _), completion in done.items()}
+
+
 def mixed_workload(pre: Preprocessor) -> list[tuple[str, PromptInputs, SamplingParams]]:
     """16 requests: text, images of 1 to 6 tiles, two images, multi-turn, lengths 3 to 24 tokens."""
     images = {

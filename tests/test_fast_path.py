@@ -62,10 +62,10 @@ print(json.dumps(worst))
 ENGINE_FAST_VS_PLAIN = """
 import json, sys
 from engine.llm_engine import EngineConfig, LLMEngine
-from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from server.model_loading import load_checkpoint
 from tests.conftest import png_bytes
+from tests.engine_helpers import greedy_tokens
 
 loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
 pre = loaded.preprocessor
@@ -77,14 +77,7 @@ prompts = [
 result = {}
 for fast in ("none", "silu", "norm,rotary,silu,experts"):
     config = EngineConfig(num_kv_blocks=128, attention_backend="triton", fast_path=fast, max_num_batched_tokens=64)
-    engine = LLMEngine(loaded.model, loaded.tokens, config)
-    for k, p in enumerate(prompts):
-        engine.add_request(str(k), p, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
-    tokens = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
-    result[fast] = tokens
+    result[fast] = greedy_tokens(LLMEngine(loaded.model, loaded.tokens, config), prompts, max_tokens=6)
 print(json.dumps(result))
 """
 

@@ -33,11 +33,10 @@ KERNEL_VS_TORCH = textwrap.dedent("""
 
 ENGINE_WITH_KERNEL = textwrap.dedent("""
     import json, sys
-    import torch
     from engine.llm_engine import EngineConfig, LLMEngine
-    from engine.sampling_params import SamplingParams
     from preprocessing.chat_template import ChatMessage
     from server.model_loading import load_checkpoint
+    from tests.engine_helpers import greedy_tokens
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
     pre = loaded.preprocessor
@@ -45,13 +44,7 @@ ENGINE_WITH_KERNEL = textwrap.dedent("""
     result = {}
     for backend in ("torch", "triton"):
         engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=64, attention_backend=backend))
-        for k, p in enumerate(prompts):
-            engine.add_request(str(k), p, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
-        tokens = {}
-        while engine.has_unfinished():
-            for out in engine.step():
-                tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
-        result[backend] = tokens
+        result[backend] = greedy_tokens(engine, prompts, max_tokens=6)
     print(json.dumps(result))
 """)
 
