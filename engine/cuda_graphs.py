@@ -69,8 +69,8 @@ class DecodeGraphs:
     def fits(self, batch: ForwardBatch) -> bool:
         """Every request decodes one text token, within the captured batch sizes and context length."""
         return (
-            batch.decode is not None
-            and len(batch.decode.requests) == len(batch.seq_lens) <= self.sizes[-1]
+            batch.decodes_whole_batch
+            and len(batch.seq_lens) <= self.sizes[-1]
             and batch.visual_embeds is None
             and max(batch.seq_lens) <= self.max_len
             and batch.block_tables.shape[1] <= self.block_tables.shape[1]

@@ -52,13 +52,14 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """[number of sampling chunks, vocab] float32 logits, in chunk order."""
-        batch, logits_indices = self.build_batch(chunks)
-        if self.graphs is not None and all(c.samples for c in chunks) and self.graphs.fits(batch):
-            return self.graphs.run(batch)
+        batch, logits_rows = self.build_batch(chunks)
+        if self.graphs is not None and len(logits_rows) == len(chunks) and self.graphs.fits(batch):
+            return self.graphs.run(batch)  # every chunk samples, so every row's logits are wanted
         hidden = self.model(batch, self.kv_cache, self.fast)
-        return self.model.compute_logits(hidden[logits_indices])
+        return self.model.compute_logits(hidden[torch.tensor(logits_rows, dtype=torch.long, device=hidden.device)])
 
-    def build_batch(self, chunks: list[ScheduledChunk]) -> tuple[ForwardBatch, torch.Tensor]:
+    def build_batch(self, chunks: list[ScheduledChunk]) -> tuple[ForwardBatch, list[int]]:
+        """The step's flat batch, and the rows of the tokens whose logits are sampled."""
         ids, positions, rope_lens, visual, slots = [], [], [], [], []
         query_lens, seq_lens, logits_indices = [], [], []
         for chunk in chunks:
@@ -97,7 +98,7 @@ class ModelRunner:
             positions_end=max(positions) + 1,
         )
         batch.decode = self.decode_rows(chunks, batch)
-        return batch, torch.tensor(logits_indices, device=device, dtype=torch.long)
+        return batch, logits_indices
 
     def decode_rows(self, chunks: list[ScheduledChunk], batch: ForwardBatch) -> DecodeRows | None:
         requests = [b for b, chunk in enumerate(chunks) if chunk.num_tokens == 1]

@@ -75,6 +75,11 @@ class ForwardBatch:
     decode: DecodeRows | None = None  # set when a decode kernel serves the one-token requests
 
     @property
+    def decodes_whole_batch(self) -> bool:
+        """Every request decodes one token and the decode kernel serves them all (the CUDA-graph case)."""
+        return self.decode is not None and len(self.decode.requests) == len(self.seq_lens)
+
+    @property
     def query_start_loc(self) -> list[int]:
         starts = [0]
         for n in self.query_lens:

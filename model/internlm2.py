@@ -163,15 +163,15 @@ class InternLM2DecoderLayer(nn.Module):
 
     def expert(self, x: torch.Tensor, k: int, fast: FastPath) -> torch.Tensor:
         # k: 0 feed_forward (text), 1 feed_forward_ve (visual)
-        if fast.silu:  # w1|w3 as one GEMM on the packed weights, then the fused activation
+        if fast.silu or fast.experts:  # w1|w3 as one GEMM on the packed weights
             assert self.w13 is not None and self.w2 is not None, "call pack_experts() first"
-            return F.linear(silu_mul(F.linear(x, self.w13[k])), self.w2[k])
+            return F.linear(activate(F.linear(x, self.w13[k]), fast), self.w2[k])
         return (self.feed_forward, self.feed_forward_ve)[k](x)
 
     def grouped_ffn(self, x: torch.Tensor, rows: ExpertRows | None, fast: FastPath) -> torch.Tensor:
+        if rows is None:
+            return self.expert(x, 0, fast)
         assert self.w13 is not None and self.w2 is not None, "call pack_experts() first"
-        if rows is None:  # text only: w1|w3 as one GEMM
-            return F.linear(activate(F.linear(x, self.w13[0]), fast), self.w2[0])
         ordered = x[rows.order]
         gate_up = torch._grouped_mm(ordered, self.w13.transpose(1, 2), offs=rows.offsets)
         down = torch._grouped_mm(activate(gate_up, fast), self.w2.transpose(1, 2), offs=rows.offsets)

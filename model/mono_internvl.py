@@ -61,7 +61,7 @@ class MonoInternVL(nn.Module):
         return self.language_model.model(x, cos, sin, kv_cache, batch, expert_rows, fast)
 
     def pack_experts(self) -> None:
-        """Pack each layer's two experts for the grouped GEMM (FastPath.experts)."""
+        """Pack each layer's two experts (FastPath.silu and .experts run on the packed weights)."""
         for layer in self.language_model.model.layers:
             layer.pack_experts()
 

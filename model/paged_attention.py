@@ -58,8 +58,7 @@ def paged_attention(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: ForwardBatch
 ) -> torch.Tensor:
     # q: [T, heads, d]; this step's K and V are already in the cache -> [T, heads, d]
-    if batch.decode is not None and len(batch.decode.requests) == len(batch.seq_lens):
-        # every request decodes: the kernel serves the whole batch (the CUDA-graph case)
+    if batch.decodes_whole_batch:
         return batch.decode.kernel(q, key_cache, value_cache, batch.decode.block_tables, batch.decode.seq_lens)
     out = torch.empty_like(q)
     served = set()

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 from model.config import ModelConfig
@@ -67,16 +68,7 @@ def ensure_demo_checkpoint() -> tuple[Path, bool]:
 def add_shape_args(parser: argparse.ArgumentParser, defaults: TinyShape | None = None) -> None:
     """--hidden, --layers, ... for the size of a random checkpoint."""
     defaults = defaults or TinyShape()
-    for field in (
-        "hidden",
-        "layers",
-        "heads",
-        "kv_heads",
-        "intermediate",
-        "vit_hidden",
-        "max_position_embeddings",
-        "vocab",
-    ):
+    for field in (f.name for f in fields(TinyShape) if f.type == "int"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
     parser.add_argument("--rope-scaling", default=defaults.rope_scaling, help="none, dynamic:F or linear:F")
 
