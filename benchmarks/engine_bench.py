@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.profiling import print_profile
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.tiny_weights import TinyShape
@@ -103,8 +104,9 @@ def warm_up(engine: LLMEngine, pre) -> None:
         engine.step()
 
 
-def run(engine: LLMEngine, requests, one_at_a_time: bool = False) -> dict:
-    """All requests through the engine; TTFT counts from the moment all of them arrived."""
+def run(engine: LLMEngine, requests, one_at_a_time: bool = False, profile: bool = False) -> dict:
+    """All requests through the engine; TTFT counts from the moment all of them arrived. With
+    `profile`, the first step runs under the profiler (and its figures include the profiler's cost)."""
     start = time.perf_counter()
     first_token: dict[str, float] = {}
     tokens: dict[str, list[int]] = {}
@@ -112,8 +114,10 @@ def run(engine: LLMEngine, requests, one_at_a_time: bool = False) -> dict:
     for batch in batches:
         for request_id, prompt, params in batch:
             engine.add_request(request_id, prompt, params)
-        while engine.has_unfinished():
-            for output in engine.step():
+        pending = print_profile(engine.step, "cpu_time_total") if profile else []
+        while pending or engine.has_unfinished():
+            outputs, pending = pending or engine.step(), []
+            for output in outputs:
                 if output.new_token_ids and output.request_id not in first_token:
                     first_token[output.request_id] = time.perf_counter() - start
                 tokens.setdefault(output.request_id, []).extend(output.new_token_ids)
@@ -142,6 +146,9 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where the batched run's first step (the prefill) spends its time"
+    )
     args = parser.parse_args()
 
     directory = bench_checkpoint(shape_from_args(args))
@@ -165,7 +172,7 @@ def main() -> None:
         ),
     )
     warm_up(batched_engine, loaded.preprocessor)
-    batched = run(batched_engine, requests)
+    batched = run(batched_engine, requests, profile=args.profile)
     print(
         f"engine:         {batched['tok_s']:8.1f} output tok/s  TTFT p50 {batched['ttft_p50']:6.2f} s  "
         f"mean {batched['ttft_mean']:6.2f} s  total {batched['elapsed']:6.1f} s"

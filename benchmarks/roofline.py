@@ -17,6 +17,7 @@ import time
 import torch
 
 from benchmarks.engine_bench import machine
+from benchmarks.profiling import print_profile
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.mono_internvl import MonoInternVL
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--fast-path", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also print the kernels of 10 forwards alone")
     args = parser.parse_args()
 
     directory = bench_checkpoint(shape_from_args(args))
@@ -100,6 +102,9 @@ def main() -> None:
         engine.runner.execute(chunks)
     sync(device)
     forward = (time.perf_counter() - started) / args.steps
+    if args.profile:
+        sort_by = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print_profile(lambda: [engine.runner.execute(chunks) for _ in range(10)], sort_by)
     engine.abort_request("r")
 
     bandwidth = read_bandwidth(device)

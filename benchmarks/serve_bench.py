@@ -198,6 +198,21 @@ def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def print_table(ours: list[dict], baseline: list[dict]) -> None:
+    print(
+        f"{'level':>5} {'tok/s':>8} {'x base':>7} {'TTFT p50':>9} {'x base':>7} {'ITL p50':>8} {'E2E p50':>8} "
+        f"{'img TTFT p50':>12} {'base alone':>10}"
+    )
+    alone = baseline[0]["image_ttft_p50"]
+    for o, b in zip(ours, baseline, strict=True):
+        print(
+            f"{o['level']:>5} {o['output_token_throughput']:8.1f} "
+            f"{o['output_token_throughput'] / b['output_token_throughput']:6.2f}x {o['ttft_p50']:9.3f} "
+            f"{b['ttft_p50'] / o['ttft_p50']:6.2f}x {o['itl_p50']:8.4f} {o['e2e_p50']:8.2f} "
+            f"{o['image_ttft_p50']:12.3f} {alone:10.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint to serve (default: a mid-size random one)")
@@ -210,6 +225,7 @@ def main() -> None:
     )
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("serve_bench"))
+    parser.add_argument("--skip-baseline", action="store_true", help="measure our server only (no ratios)")
     args = parser.parse_args()
     model = None if args.url else (Path(args.model) if args.model else bench_checkpoint(MID_SIZE))
     chats = workload(args.requests)
@@ -228,27 +244,18 @@ def main() -> None:
         levels,
         args.output_tokens,
     )
-    print("baseline (one at a time, no caches):")
-    baseline = measure(
-        args.baseline_url,
-        ["--max-num-seqs", "1", "--no-prefix-caching", "--vision-cache-memory", "0", "--max-queue", "10000"],
-        model,
-        chats,
-        levels,
-        args.output_tokens,
-    )
-    print(
-        f"{'level':>5} {'tok/s':>8} {'x base':>7} {'TTFT p50':>9} {'x base':>7} {'ITL p50':>8} {'E2E p50':>8} "
-        f"{'img TTFT p50':>12} {'base alone':>10}"
-    )
-    alone = baseline[0]["image_ttft_p50"]
-    for o, b in zip(ours, baseline, strict=True):
-        print(
-            f"{o['level']:>5} {o['output_token_throughput']:8.1f} "
-            f"{o['output_token_throughput'] / b['output_token_throughput']:6.2f}x {o['ttft_p50']:9.3f} "
-            f"{b['ttft_p50'] / o['ttft_p50']:6.2f}x {o['itl_p50']:8.4f} {o['e2e_p50']:8.2f} "
-            f"{o['image_ttft_p50']:12.3f} {alone:10.3f}"
+    baseline = []
+    if not args.skip_baseline:
+        print("baseline (one at a time, no caches):")
+        baseline = measure(
+            args.baseline_url,
+            ["--max-num-seqs", "1", "--no-prefix-caching", "--vision-cache-memory", "0", "--max-queue", "10000"],
+            model,
+            chats,
+            levels,
+            args.output_tokens,
         )
+        print_table(ours, baseline)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine(), "requests": len(chats), "output_tokens": args.output_tokens,
               "monovl": ours, "baseline": baseline}  # fmt: skip

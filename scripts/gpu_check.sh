@@ -10,7 +10,7 @@ shape=(--hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 --v
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cuda_tests.log"
 {
-    python3 -m benchmarks.roofline "${shape[@]}" --steps 128
+    python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --profile
     python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --fast-path none
     python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --enforce-eager
 } 2>&1 | tee "$out/roofline.log"
