@@ -43,7 +43,8 @@ class Tokenizer:
         by_length = sorted(self.added, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, by_length)) + ")") if by_length else None
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
-        self.vocab_size = max([self.sp.get_piece_size() - 1, *(t.id for t in self.added.values())]) + 1
+        self.num_pieces = self.sp.get_piece_size()
+        self.vocab_size = max([self.num_pieces - 1, *(t.id for t in self.added.values())]) + 1
         self.special_ids = frozenset(
             [t.id for t in self.added.values() if t.special]
             + [i for i in (self.bos_id, self.eos_id, self.sp.pad_id()) if i >= 0]
@@ -96,7 +97,7 @@ class Tokenizer:
                 continue
             token = self._added_by_id.get(i)
             if token is None:
-                if 0 <= i < self.sp.get_piece_size():
+                if 0 <= i < self.num_pieces:
                     run.append(i)
                 # else: a row of a config vocab padded past the tokenizer; it has no text
                 continue
@@ -110,7 +111,7 @@ class Tokenizer:
         token = self._added_by_id.get(token_id)
         if token:
             return token.content
-        return self.sp.id_to_piece(token_id) if 0 <= token_id < self.sp.get_piece_size() else ""
+        return self.sp.id_to_piece(token_id) if 0 <= token_id < self.num_pieces else ""
 
 
 def _read_json(path: Path) -> dict:
