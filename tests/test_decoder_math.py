@@ -6,6 +6,7 @@ import torch
 from model.config import LLMConfig
 from model.forward_batch import ForwardBatch, KVCache
 from model.internlm2 import ExpertRows, InternLM2Attention, InternLM2DecoderLayer
+from model.paged_attention import causal_gqa, one_query_gqa
 from model.rope import RotaryEmbedding
 from tests.naive_math import causal_attention, rope_angles, rotate_pairs, silu_ffn, split_wqkv
 
@@ -93,6 +94,23 @@ def test_paged_attention_equals_full_causal_attention(heads, kv_heads):
         angles = rope_angles(list(range(seq.shape[0])), d, cfg.rope_theta)
         expected = causal_attention(rotate_pairs(q, angles), rotate_pairs(k, angles), v).reshape(seq.shape[0], -1)
         torch.testing.assert_close(ours.double(), expected @ w_o.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 2), (6, 2), (3, 1)])
+def test_one_decode_query_equals_the_last_row_of_causal_attention(heads, kv_heads):
+    # The two-GEMM path that serves bfloat16 decode queries on the CPU, in float32 and through
+    # causal_gqa in bfloat16, against float64 math over the whole sequence.
+    g = torch.Generator().manual_seed(heads * 10 + kv_heads)
+    length, d = 37, 16
+    q, k, v = (torch.randn(length, n, d, generator=g, dtype=torch.float64) for n in (heads, kv_heads, kv_heads))
+    expected = causal_attention(q, k, v)[-1:]
+    last = q[-1:]
+    torch.testing.assert_close(
+        one_query_gqa(last.float(), k.float(), v.float()).double(), expected, rtol=1e-5, atol=1e-5
+    )
+    ours = causal_gqa(last.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.double(), expected, rtol=3e-2, atol=3e-2)
 
 
 def test_routed_ffn_equals_masked_blend_and_runs_each_expert_only_on_its_rows():
