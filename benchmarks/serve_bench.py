@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("serve_bench"))
     parser.add_argument("--skip-baseline", action="store_true", help="measure our server only (no ratios)")
+    parser.add_argument("--dtype", default="auto", help="both servers' --dtype (auto: float32 on the CPU)")
     args = parser.parse_args()
     model = None if args.url else (Path(args.model) if args.model else bench_checkpoint(MID_SIZE))
     chats = workload(args.requests)
@@ -234,11 +235,12 @@ def main() -> None:
     else:
         levels = [Level(concurrency=c) for c in args.concurrency]
     max_seqs = max(args.concurrency) if not args.request_rate else args.requests
-    print(f"machine: {machine()}; {len(chats)} chats, {args.output_tokens} output tokens each")
+    print(f"machine: {machine()}; {len(chats)} chats, {args.output_tokens} output tokens each; dtype {args.dtype}")
+    common = ["--max-queue", "10000", "--dtype", args.dtype]
     print("monovl:")
     ours = measure(
         args.url,
-        ["--max-num-seqs", str(max_seqs), "--max-queue", "10000"],
+        ["--max-num-seqs", str(max_seqs), *common],
         model,
         chats,
         levels,
@@ -249,7 +251,7 @@ def main() -> None:
         print("baseline (one at a time, no caches):")
         baseline = measure(
             args.baseline_url,
-            ["--max-num-seqs", "1", "--no-prefix-caching", "--vision-cache-memory", "0", "--max-queue", "10000"],
+            ["--max-num-seqs", "1", "--no-prefix-caching", "--vision-cache-memory", "0", *common],
             model,
             chats,
             levels,
@@ -257,7 +259,7 @@ def main() -> None:
         )
         print_table(ours, baseline)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine(), "requests": len(chats), "output_tokens": args.output_tokens,
+    record = {"machine": machine(), "dtype": args.dtype, "requests": len(chats), "output_tokens": args.output_tokens,
               "monovl": ours, "baseline": baseline}  # fmt: skip
     Path(f"{args.out}.json").write_text(json.dumps(record, indent=2))
     plot(ours, baseline, Path(f"{args.out}.png"))
