@@ -90,10 +90,9 @@ def kv_cache_gib(args: argparse.Namespace, loaded: LoadedCheckpoint) -> float:
     return min(wanted, 2.0)
 
 
-def build_state(args: argparse.Namespace) -> ServerState:
-    loaded = load_checkpoint(args.model, args.dtype, args.device)
+def engine_config(args: argparse.Namespace, loaded: LoadedCheckpoint) -> EngineConfig:
     cuda = loaded.model.device.type == "cuda"
-    config = EngineConfig(
+    return EngineConfig(
         kv_cache_memory=kv_cache_gib(args, loaded),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if cuda else 512),
@@ -104,7 +103,20 @@ def build_state(args: argparse.Namespace) -> ServerState:
         enable_prefix_caching=not args.no_prefix_caching,
         vision_cache_memory=args.vision_cache_memory,
     )
-    engine = LLMEngine(loaded.model, loaded.tokens, config)
+
+
+def build_state(args: argparse.Namespace) -> ServerState:
+    checkpoints: list[LoadedCheckpoint] = []
+
+    def build_engine() -> LLMEngine:
+        # on the engine thread: loading runs parallel torch ops too (engine/async_engine.py says why)
+        loaded = load_checkpoint(args.model, args.dtype, args.device)
+        checkpoints.append(loaded)
+        return LLMEngine(loaded.model, loaded.tokens, engine_config(args, loaded))
+
+    async_engine = AsyncEngine(build_engine)
+    engine = async_engine.start()
+    loaded = checkpoints[0]
     settings = ServerSettings(
         served_model_name=args.served_model_name or args.model or "monovl-demo",
         model_path=str(loaded.directory),
@@ -118,8 +130,6 @@ def build_state(args: argparse.Namespace) -> ServerState:
     metrics.track_engine(
         lambda: len(engine.scheduler.running), lambda: len(engine.scheduler.waiting), lambda: engine.kv_cache_usage
     )
-    async_engine = AsyncEngine(engine)
-    async_engine.start()
     pool = PreprocessPool(settings.preprocess_workers)
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote)

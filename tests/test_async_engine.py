@@ -13,7 +13,9 @@ from tests.engine_helpers import mixed_workload
 @pytest.fixture
 def async_engine(tiny_model, preprocessor):
     tokens = TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
-    engine = AsyncEngine(LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)))
+    engine = AsyncEngine(
+        lambda: LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256))
+    )
     engine.start()
     yield engine
     engine.shutdown()
