@@ -1,13 +1,11 @@
-"""The FastAPI application: routes, auth, request ids, access log, limits and error shapes."""
+"""The FastAPI application: routes, error shapes, and the middleware (server/guard.py, CORS)."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -19,10 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import chat
 from server.errors import APIError
+from server.guard import Guard
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList, completion_id
 from server.state import ServerState
 
-log = logging.getLogger("monovl.access")
 VERSION = "0.1.0"
 
 
@@ -168,24 +166,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_middleware(app: FastAPI, state: ServerState) -> None:
     settings = state.settings
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        started = time.perf_counter()
-        response = await _guarded(request, call_next, state)
-        response.headers["X-Request-Id"] = request_id
-        log.info(
-            '%s "%s %s" %d %.1fms request_id=%s',
-            request.client.host if request.client else "-",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-            request_id,
-        )
-        return response
-
+    app.add_middleware(Guard, settings=settings)
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -194,20 +175,3 @@ def _add_middleware(app: FastAPI, state: ServerState) -> None:
             allow_headers=["*"],
             expose_headers=["X-Request-Id"],
         )
-
-
-async def _guarded(request: Request, call_next, state: ServerState) -> Response:
-    settings = state.settings
-    if request.url.path.startswith("/v1") and settings.api_key and request.method != "OPTIONS":
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            return APIError(
-                401, "invalid or missing API key", "authentication_error", code="invalid_api_key"
-            ).response()
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_body_bytes:
-        return APIError(
-            413, f"the body is larger than {settings.max_body_bytes} bytes", code="request_too_large"
-        ).response()
-    return await call_next(request)
