@@ -173,7 +173,7 @@ def measure(url: str | None, server_args: list[str], model: Path | None, chats, 
     return results
 
 
-def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
+def plot(ours: list[dict], baseline: list[dict], path: Path, dtype: str) -> None:
     try:
         import matplotlib
 
@@ -193,7 +193,7 @@ def plot(ours: list[dict], baseline: list[dict], path: Path) -> None:
         axis.set_xlabel("output tokens/s")
         axis.set_title(title)
         axis.legend()
-    fig.suptitle(f"monovl serving, {machine()}", fontsize=8)
+    fig.suptitle(f"monovl serving, {machine()}, dtype {dtype}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -262,7 +262,7 @@ def main() -> None:
     record = {"machine": machine(), "dtype": args.dtype, "requests": len(chats), "output_tokens": args.output_tokens,
               "monovl": ours, "baseline": baseline}  # fmt: skip
     Path(f"{args.out}.json").write_text(json.dumps(record, indent=2))
-    plot(ours, baseline, Path(f"{args.out}.png"))
+    plot(ours, baseline, Path(f"{args.out}.png"), args.dtype)
     print(f"wrote {args.out}.json and {args.out}.png")
 
 
