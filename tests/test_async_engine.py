@@ -1,6 +1,7 @@
 """The async front: streams per request from the engine thread, abort on leave, errors to the caller."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -84,3 +85,24 @@ def test_a_bad_request_raises_in_the_caller_and_the_engine_goes_on(async_engine,
 
     assert len(asyncio.run(main())[0]) == 400
     assert async_engine.is_running
+
+
+def test_the_engine_is_built_on_its_thread_and_a_build_error_raises_in_start(tiny_model, preprocessor):
+    tokens = TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
+    threads = []
+
+    def build() -> LLMEngine:
+        threads.append(threading.current_thread())
+        return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
+
+    engine = AsyncEngine(build)
+    assert engine.start() is engine.engine and threads == [engine._thread]
+    engine.shutdown()
+
+    def broken() -> LLMEngine:
+        raise ValueError("no such checkpoint")
+
+    failed = AsyncEngine(broken)
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        failed.start()
+    assert not failed.is_running

@@ -81,6 +81,14 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_dir, tmp_path, args, message
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_serve_with_a_bad_model_is_one_line_and_exit_code_2(tmp_path):
+    # the model loads on the engine thread; its error must still reach the command line
+    result = monovl("serve", "--model", str(tmp_path / "absent"), "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("monovl: error:") and "neither a checkpoint directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_make_tiny_checkpoint_and_demo_default(tmp_path):
     out = tmp_path / "ckpt"
     made = monovl("make-tiny-checkpoint", str(out), "--seed", "3", "--shards", "1", "--layers", "1")
