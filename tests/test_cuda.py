@@ -146,3 +146,35 @@ def test_prefill_attention_on_cuda_equals_the_cpu(dtype, n, seq_len):
     ours = causal_gqa(*(t.to(CUDA, dtype) for t in (q, k, v))).float().cpu()
     tolerance = 4e-2 if dtype == torch.bfloat16 else 1e-4  # a wrong mask is off by O(1)
     torch.testing.assert_close(ours, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_a_cuda_server_answers_concurrent_chats_as_the_cpu_server_does(tiny_dir):
+    # The server builds its engine (CUDA graphs included) on the engine thread and replays there.
+    import asyncio
+
+    import httpx
+
+    from tests.hostile import data_url, image_message
+    from tests.server_helpers import ServerProcess
+
+    bodies = [{"messages": [{"role": "user", "content": f"Tell me about the number {k}."}]} for k in range(3)] + [
+        {"messages": image_message(data_url(png_bytes(90 + 40 * k, 70, seed=k)))} for k in range(3)
+    ]
+
+    async def ask_all(url: str) -> list[str]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            answers = await asyncio.gather(*(
+                client.post(f"{url}/v1/chat/completions", json={**body, "temperature": 0, "max_tokens": 12})
+                for body in bodies
+            ))  # fmt: skip
+        assert all(a.status_code == 200 for a in answers)
+        return [a.json()["choices"][0]["message"]["content"] for a in answers]
+
+    contents = []
+    for device in ("cuda", "cpu"):
+        server = ServerProcess(tiny_dir, "--device", device, "--dtype", "float32")
+        try:
+            contents.append(asyncio.run(ask_all(server.url)))
+        finally:
+            server.stop()
+    assert contents[0] == contents[1]
