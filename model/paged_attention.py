@@ -48,7 +48,7 @@ def one_query_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     kv_heads, d = k.shape[1:]
     grouped = q.reshape(kv_heads, -1, d)  # query head h * group + j reads KV head h
     # K @ q^T, not q @ K^T: with the context as the GEMM's long side the CPU's bfloat16 GEMM runs
-    # about 4x faster (benchmarks/attention_cpu.py).
+    # about 3x faster (2-core EPYC, 1,426 tokens, 8 KV heads of 64: 0.15 against 0.56 ms).
     scores = torch.matmul(k.transpose(0, 1), grouped.transpose(1, 2)).transpose(1, 2) / math.sqrt(d)
     probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs, v.transpose(0, 1)).reshape(1, -1, d)
