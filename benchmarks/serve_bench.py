@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.engine_bench import MID_SIZE, machine
-from server.tiny_checkpoint import bench_checkpoint
+from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from tests.server_helpers import ServerProcess
 
 TILE_SIZES = [(300, 300), (900, 420), (1300, 440), (900, 900), (1300, 900), (1800, 900), (1800, 1350)]  # 1..13 tiles
@@ -163,7 +163,8 @@ def measure(url: str | None, server_args: list[str], model: Path | None, chats, 
     and image in the prefix and vision caches of the level before. A given --url keeps its caches."""
     results = []
     for level in levels:
-        server = None if url else ServerProcess(model, *server_args)
+        # a real-size checkpoint loads and captures its CUDA graphs before it answers /health
+        server = None if url else ServerProcess(model, *server_args, startup_s=600)
         try:
             results.append(asyncio.run(run_level(url or server.url, chats, level, max_tokens)))
         finally:
@@ -215,7 +216,7 @@ def print_table(ours: list[dict], baseline: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint to serve (default: a mid-size random one)")
+    parser.add_argument("--model", help="checkpoint to serve (default: a random one of the shape flags' size)")
     parser.add_argument("--url", help="an already running server (then --baseline-url too)")
     parser.add_argument("--baseline-url")
     parser.add_argument("--requests", type=int, default=64)
@@ -227,8 +228,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("serve_bench"))
     parser.add_argument("--skip-baseline", action="store_true", help="measure our server only (no ratios)")
     parser.add_argument("--dtype", default="auto", help="both servers' --dtype (auto: float32 on the CPU)")
+    add_shape_args(parser, MID_SIZE)
     args = parser.parse_args()
-    model = None if args.url else (Path(args.model) if args.model else bench_checkpoint(MID_SIZE))
+    model = None if args.url else (Path(args.model) if args.model else bench_checkpoint(shape_from_args(args)))
     chats = workload(args.requests)
     if args.request_rate:
         levels = [Level(rate=rate) for rate in args.request_rate]

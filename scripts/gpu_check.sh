@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: CUDA tests, then the roofline, image TTFT and engine figures on the real 2B shape.
+# One device call: CUDA tests, then the roofline, image TTFT, engine and serving figures on the real 2B shape.
 #   device run: bash scripts/gpu_check.sh   (writes logs to $OUT when set)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +21,8 @@ python3 -m benchmarks.engine_bench "${shape[@]}" --requests 64 --output-tokens 1
 # Batching must not change greedy tokens: float32, where bf16's rounding ties cannot hide a bug.
 python3 -m benchmarks.engine_bench "${shape[@]}" --dtype float32 --requests 16 --output-tokens 32 \
     --max-num-batched-tokens 8192 2>&1 | tee "$out/engine_bench_fp32.log"
+# The serving benchmark over HTTP on the real shape, against one request at a time. Its checkpoint
+# keeps the tokenizer's vocabulary: the client times text chunks, and a random model with the padded
+# 92,553-row head mostly samples ids past the tokenizer, which have no text. Last: the slowest part.
+python3 -m benchmarks.serve_bench "${shape[@]}" --vocab 0 --requests 64 --concurrency 1 64 --output-tokens 128 \
+    --out "$out/serve_bench" 2>&1 | tee "$out/serve_bench.log"

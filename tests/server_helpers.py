@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model: Path | None, *args: str, env: dict | None = None) -> None:
+    def __init__(self, model: Path | None, *args: str, env: dict | None = None, startup_s: float = 60) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
@@ -33,7 +33,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
         )
-        deadline = time.time() + 60
+        deadline = time.time() + startup_s
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.output()}")
