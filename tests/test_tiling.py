@@ -79,12 +79,13 @@ def test_row_major_order_for_a_tall_grid():
     np.testing.assert_array_equal(np.asarray(tiles[1]), resized[S:, :])
 
 
-def test_tensor_is_normalized_imagenet_pixels():
+def test_tensor_is_normalized_imagenet_pixels_bit_for_bit():
+    # every uint8 value in every channel, against torchvision's ToTensor + Normalize as torch ops
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
-    x = tiles_to_tensor([Image.fromarray(pixels)], S)
-    assert x.shape == (1, 3, S, S) and x.dtype == torch.float32
-    expected = (pixels.astype(np.float32) / 255 - np.array(IMAGENET_MEAN, np.float32)) / np.array(
-        IMAGENET_STD, np.float32
-    )
-    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, rtol=0, atol=1e-6)
+    pixels[0, :256] = np.arange(256, dtype=np.uint8)[:, None]
+    x = tiles_to_tensor([Image.fromarray(pixels), Image.fromarray(pixels[::-1])], S)
+    assert x.shape == (2, 3, S, S) and x.dtype == torch.float32 and x.is_contiguous()
+    expected = torch.from_numpy(np.stack([pixels, pixels[::-1]])).permute(0, 3, 1, 2).float().div(255)
+    expected.sub_(torch.tensor(IMAGENET_MEAN)[:, None, None]).div_(torch.tensor(IMAGENET_STD)[:, None, None])
+    assert torch.equal(x, expected)
