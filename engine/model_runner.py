@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from engine.cuda_graphs import DecodeGraphs
@@ -79,11 +80,14 @@ class ModelRunner:
             seq_lens.append(end)
             if chunk.samples:
                 logits_indices.append(len(ids) - 1)
-        width = max(len(c.request.block_table) for c in chunks)
-        tables = [c.request.block_table + [0] * (width - len(c.request.block_table)) for c in chunks]
+        # Lists to tensors through numpy: torch.tensor walks nested lists element by element (64 block
+        # tables of 78 blocks: 0.48 ms, numpy 0.07 ms; an 8,192-token step's columns: 1.8 vs 0.5 ms).
+        tables = np.zeros((len(chunks), max(len(c.request.block_table) for c in chunks)), dtype=np.int64)
+        for row, chunk in enumerate(chunks):
+            tables[row, : len(chunk.request.block_table)] = chunk.request.block_table
         device = self.model.device
         # One host-to-device copy for the per-token columns; each copy costs a round trip on CUDA.
-        columns = torch.tensor([ids, positions, slots, rope_lens, visual], dtype=torch.long).to(device)
+        columns = torch.from_numpy(np.array([ids, positions, slots, rope_lens, visual], dtype=np.int64)).to(device)
         dynamic_rope = max(rope_lens) > self.model.config.llm.max_position_embeddings
         batch = ForwardBatch(
             input_ids=columns[0],
@@ -91,7 +95,7 @@ class ModelRunner:
             visual_mask=columns[4].bool(),
             visual_embeds=self.visual_embeds(chunks) if any(visual) else None,
             slot_mapping=columns[2],
-            block_tables=torch.tensor(tables, device=device),
+            block_tables=torch.from_numpy(tables).to(device),
             query_lens=query_lens,
             seq_lens=seq_lens,
             rope_lens=columns[3] if dynamic_rope else None,
