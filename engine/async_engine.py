@@ -9,8 +9,8 @@ The engine is built on its thread too (`build` loads the model there), so that o
 all of the server's parallel torch work. With torch's OpenMP (libgomp) every thread that runs a
 parallel region keeps a team of worker threads; once the process holds more of them than it has
 CPUs, idle workers stop spinning and each small op waits for a futex wake-up. On a 2-core machine
-a model loaded on the main thread and run on another took 253 ms a decode step instead of 137 ms
-(32 chats, the mid-size benchmark checkpoint, bfloat16).
+a model loaded on one thread and run on another took about 236 ms a decode step instead of 135 ms
+(`benchmarks/serve_workload.py --dtype bfloat16 [--run-on-another-thread]`).
 """
 
 from __future__ import annotations
