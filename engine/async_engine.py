@@ -147,8 +147,7 @@ class AsyncEngine:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
-                for output in self.engine.step():
-                    self._dispatch(output)
+                self._dispatch(self.engine.step())
         except BaseException as error:
             log.exception("engine loop died")
             self.error = error
@@ -164,15 +163,26 @@ class AsyncEngine:
                 return
             command()
 
-    def _dispatch(self, output: RequestOutput) -> None:
-        stream = self._streams.get(output.request_id)
-        if stream is None:
-            return
-        if output.finished:
-            stream.remaining -= 1
-            if stream.remaining == 0:
-                del self._streams[output.request_id]
-        stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, output)
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        # One wake-up of each event loop a step, not one an output: every call_soon_threadsafe writes
+        # to the loop's self-pipe, a syscall the engine thread pays between steps (64 chats: 64 a step).
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            if output.finished:
+                stream.remaining -= 1
+                if stream.remaining == 0:
+                    del self._streams[output.request_id]
+            deliveries.setdefault(stream.loop, []).append((stream.outputs, output))
+        for loop, items in deliveries.items():
+            loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for outputs, output in items:
+        outputs.put_nowait(output)
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from engine.async_engine import AsyncEngine
+from engine.async_engine import AsyncEngine, _deliver
 from engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
 from engine.sampling_params import SamplingParams
 from tests.engine_helpers import mixed_workload
@@ -44,6 +44,38 @@ def test_concurrent_streams_get_their_own_tokens(async_engine, preprocessor):
         while sync.has_unfinished():
             expected += [t for out in sync.step() for t in out.new_token_ids]
         assert result == {0: expected}
+
+
+def test_each_step_wakes_the_event_loop_once_for_all_its_outputs(async_engine, preprocessor):
+    workload = mixed_workload(preprocessor)[:6]
+    engine = async_engine.engine
+    step = engine.step
+    outputs_per_step: list[int] = []
+
+    def counted_step():
+        outputs = step()
+        outputs_per_step.append(len(outputs))
+        return outputs
+
+    engine.step = counted_step
+    wakeups: list[int] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(callback, *args):
+            if callback is _deliver:
+                wakeups.append(len(args[0]))
+            return call_soon_threadsafe(callback, *args)
+
+        loop.call_soon_threadsafe = counted
+        return await asyncio.gather(*(collect(async_engine, *item) for item in workload))
+
+    asyncio.run(main())
+    engine.step = step
+    assert len(wakeups) == sum(1 for n in outputs_per_step if n) > 0
+    assert sum(wakeups) == sum(outputs_per_step) and max(wakeups) > 1
 
 
 def test_leaving_a_stream_aborts_and_frees_blocks(async_engine, preprocessor):

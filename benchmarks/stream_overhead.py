@@ -1,0 +1,100 @@
+"""The server's CPU per streamed token: what the event loop pays to deliver each token.
+
+    python -m benchmarks.stream_overhead [--chats 64] [--output-tokens 256] [--url http://...]
+
+A tiny model (its forward costs almost nothing) streams `--chats` text chats at once, each
+`--output-tokens` tokens long, after one uncounted round of the same. The script reads every
+server thread's CPU time from Linux's /proc/<pid>/task/<tid>/schedstat before and after each
+round and prints it per streamed token: the main thread (uvicorn's event loop: the engine's
+outputs, the SSE chunks, the socket writes) and the rest (the engine thread, preprocessing). The
+server runs torch on one thread (OMP_NUM_THREADS=1), since OpenMP's workers spin between ops and
+that would count as CPU time. Both threads hold the GIL for their Python work, so their sum per
+token bounds how many tokens a second one server process can stream, whatever the GPU's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.engine_bench import machine
+from model.tiny_weights import TinyShape
+from server.tiny_checkpoint import bench_checkpoint
+from tests.server_helpers import ServerProcess
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU time so far of every thread of the process, by thread id."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            times[int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended between the listing and the read
+    return times
+
+
+async def one(client: httpx.AsyncClient, url: str, k: int, max_tokens: int) -> int:
+    body = {
+        "messages": [{"role": "user", "content": f"Question {k}: explain continuous batching."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: {") and '"usage":{' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+    return tokens
+
+
+async def drive(url: str, chats: int, max_tokens: int) -> tuple[int, int]:
+    """(tokens, SSE events with content) of `chats` streams at once."""
+    limits = httpx.Limits(max_connections=chats + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        tokens = await asyncio.gather(*(one(client, url, k, max_tokens) for k in range(chats)))
+    return sum(tokens), len(tokens)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chats", type=int, default=64)
+    parser.add_argument("--output-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    model = bench_checkpoint(TinyShape())
+    server = ServerProcess(model, "--max-num-seqs", str(args.chats), env={"OMP_NUM_THREADS": "1"})
+    try:
+        pid = server.process.pid
+        asyncio.run(drive(server.url, args.chats, args.output_tokens))  # warm-up, not counted
+        print(f"{machine()}: {args.chats} chats x {args.output_tokens} tokens, tiny model, server pid {pid}")
+        for _ in range(args.rounds):
+            before = thread_cpu_ns(pid)
+            started = time.perf_counter()
+            tokens, _ = asyncio.run(drive(server.url, args.chats, args.output_tokens))
+            seconds = time.perf_counter() - started
+            after = thread_cpu_ns(pid)
+            spent = {tid: after[tid] - before.get(tid, 0) for tid in after}
+            loop_us = spent.get(pid, 0) / tokens / 1000
+            rest_us = sum(v for tid, v in spent.items() if tid != pid) / tokens / 1000
+            print(
+                f"{tokens} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tok/s); server CPU per token: "
+                f"event loop {loop_us:.1f} us, other threads {rest_us:.1f} us"
+            )
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
