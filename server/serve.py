@@ -158,6 +158,7 @@ def serve(args: argparse.Namespace) -> None:
         runner.fast,
         f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
     )
+    # loop and http stay "auto": uvloop and httptools (dependencies) when they import, asyncio and h11 if not
     uvicorn.run(
         create_app(state),
         host=args.host,
