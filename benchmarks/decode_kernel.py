@@ -4,8 +4,9 @@
 
 Each case times `paged_decode` on random K/V in the real 2B layout (8 KV heads, 16 query heads,
 head dim 128, blocks of 16, bfloat16), from a block table of shuffled blocks, and prints the
-K/V bytes it must read over the time, against the device's streaming read bandwidth. This is
-how the partition size (`model.triton_decode.PARTITION`) is chosen. CUDA only: on the CPU the
+K/V bytes it must read over the time, against the device's streaming read bandwidth, for each
+partition size and for the size `partition_size` picks (marked *): the sweep that checks its
+rule. CUDA only: on the CPU the
 kernel runs in Triton's interpreter, which times nothing useful.
 """
 
@@ -35,7 +36,7 @@ def time_ms(fn, *args, repeats: int = 50) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--partitions", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--partitions", type=int, nargs="+", default=sorted(triton_decode.PARTITIONS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1600, 8192])
     args = parser.parse_args()
@@ -57,12 +58,13 @@ def main() -> None:
             seq_lens = torch.full((batch,), context, device=device, dtype=torch.int32)
             q = torch.randn(batch, heads, head_dim, device=device, dtype=torch.bfloat16)
             needed = 2 * batch * context * kv_heads * head_dim * 2
+            chosen = triton_decode.partition_size(batch, kv_heads, blocks_per_seq * block_size, device)
             for partition in args.partitions:
-                triton_decode.PARTITION = partition
-                ms = time_ms(triton_decode.paged_decode, q, key_cache, value_cache, tables, seq_lens)
+                ms = time_ms(triton_decode.paged_decode, q, key_cache, value_cache, tables, seq_lens, partition)
                 rate = needed / (ms / 1000)
                 figures = f"{ms * 1000:8.1f} {rate / 2**30:7.0f} {rate / bandwidth:6.0%}"
-                print(f"{batch:>5} {context:>7} {partition:>9} {figures}")
+                mark = "*" if partition == chosen else " "
+                print(f"{batch:>5} {context:>7} {partition:>8}{mark} {figures}")
 
 
 if __name__ == "__main__":

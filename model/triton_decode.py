@@ -2,10 +2,12 @@
 
 The torch path gathers each request's context into a new tensor before attending; this kernel
 walks the block table instead, so decode reads every cached byte once. A single request's context
-is split into partitions of `PARTITION` tokens that run in parallel (flash-decoding): one program
-per (request, KV head, partition) keeps a running softmax over its tokens for the whole group of
-query heads that share the KV head, and a second kernel merges the partitions. Without the split
-one request decodes on 8 programs (one per KV head) of a GPU's 132 multiprocessors.
+is split into partitions that run in parallel (flash-decoding): one program per (request, KV
+head, partition) keeps a running softmax over its tokens for the whole group of query heads that
+share the KV head, and a second kernel merges the partitions. Without the split one request
+decodes on 8 programs (one per KV head) of a GPU's 132 multiprocessors. The partition size is
+chosen per call (`partition_size`): long partitions for a full batch, short ones for a few requests,
+so that a single request's context still spreads over the GPU.
 
 The number of partitions follows the block table's width, not the requests' lengths, so a CUDA
 graph captured with a fixed table width replays for any context that fits it. It is a run-time
@@ -16,14 +18,42 @@ and on the CPU under TRITON_INTERPRET=1 for tests.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-PARTITION = 256  # context tokens per program
+PARTITIONS = (256, 128, 64)  # context tokens per program, the longest that still fills the GPU wins
 TILE = 64  # tokens per inner step
+PROGRAMS_PER_SM = 2  # the least partition programs a call should launch, per multiprocessor
+MAX_MERGED = 128  # partitions per request at most, when shorter ones are chosen (the merge holds them all)
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def partition_size(batch: int, kv_heads: int, table_tokens: int, device: torch.device) -> int:
+    """The longest partition whose programs number at least PROGRAMS_PER_SM per multiprocessor.
+
+    Longer partitions mean fewer partial results to merge; shorter ones more programs reading at
+    once, which a small batch needs: one request of 1,600 tokens with 8 KV heads gives 56 programs
+    of 256 tokens for an H200's 132 multiprocessors, 200 of 64. It depends on the block table's
+    width, not the requests' lengths, so a captured CUDA graph keeps its partitions on replay.
+    """
+    wanted = PROGRAMS_PER_SM * _multiprocessors(device)
+    chosen = PARTITIONS[0]
+    for size in PARTITIONS:
+        partitions = triton.cdiv(table_tokens, size)
+        if size != PARTITIONS[0] and partitions > MAX_MERGED:
+            break
+        chosen = size
+        if batch * kv_heads * partitions >= wanted:
+            break
+    return chosen
 
 
 @triton.jit(do_not_specialize=["stride_bt_row"])  # table widths vary step to step: one compile for all
@@ -37,6 +67,7 @@ def _partition_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr, TILE: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
+    # PARTITION stays a compile-time constant: one compile for each of the three sizes
     request = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -117,13 +148,17 @@ def paged_decode(
     value_cache: torch.Tensor,
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
+    partition: int | None = None,
 ) -> torch.Tensor:
     # q: [B, heads, d], one token per request; caches: [num_blocks, block_size, kv_heads, d];
-    # block_tables: [B, max_blocks]; seq_lens: [B] int32, each at least 1 -> [B, heads, d]
+    # block_tables: [B, max_blocks]; seq_lens: [B] int32, each at least 1; partition: context tokens
+    # per program, a multiple of TILE (None: partition_size's choice) -> [B, heads, d]
     batch, heads, head_dim = q.shape
     _, block_size, kv_heads, _ = key_cache.shape
     group = heads // kv_heads
-    num_partitions = triton.cdiv(block_tables.shape[1] * block_size, PARTITION)
+    table_tokens = block_tables.shape[1] * block_size
+    partition = partition or partition_size(batch, kv_heads, table_tokens, q.device)
+    num_partitions = triton.cdiv(table_tokens, partition)
     dim_pad = max(16, triton.next_power_of_2(head_dim))  # tl.dot wants every side at least 16
     stats = torch.empty(batch, heads, num_partitions, device=q.device, dtype=torch.float32)
     total = torch.empty_like(stats)
@@ -136,13 +171,13 @@ def paged_decode(
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, DIM_PAD=dim_pad,
-        BLOCK_SIZE=block_size, PARTITION=PARTITION, TILE=TILE, IEEE=key_cache.dtype == torch.float32,
+        BLOCK_SIZE=block_size, PARTITION=partition, TILE=TILE, IEEE=key_cache.dtype == torch.float32,
     )  # fmt: skip
     out = torch.empty_like(q)
     _merge_kernel[(batch, heads)](
         stats, total, acc, seq_lens, out,
         num_partitions, out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, DIM_PAD=dim_pad, PARTITION=PARTITION,
+        HEAD_DIM=head_dim, DIM_PAD=dim_pad, PARTITION=partition,
         PARTS_PAD=max(16, triton.next_power_of_2(num_partitions)),
     )  # fmt: skip
     return out

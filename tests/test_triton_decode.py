@@ -13,7 +13,7 @@ pytest.importorskip("triton")  # a test dependency on Linux x86_64; the kernel i
 KERNEL_VS_TORCH = textwrap.dedent("""
     import torch
     from model.paged_attention import causal_gqa, gather_context
-    from model.triton_decode import paged_decode
+    from model.triton_decode import PARTITIONS, paged_decode
 
     torch.manual_seed(0)
     worst = 0.0
@@ -23,11 +23,14 @@ KERNEL_VS_TORCH = textwrap.dedent("""
         lens = torch.tensor([1, 17, min(300, bs * 40), bs * 40, bs * 40 - 3], dtype=torch.int32)
         tables = torch.stack([torch.randperm(64)[:40] for _ in range(5)])
         q = torch.randn(5, heads, d)
-        out = paged_decode(q, k_cache, v_cache, tables, lens)
-        for b in range(5):
-            n = int(lens[b])
-            ref = causal_gqa(q[b : b + 1], gather_context(k_cache, tables[b], n), gather_context(v_cache, tables[b], n))
-            worst = max(worst, float((out[b] - ref[0]).abs().max()))
+        for partition in PARTITIONS:
+            out = paged_decode(q, k_cache, v_cache, tables, lens, partition)
+            for b in range(5):
+                n = int(lens[b])
+                ref = causal_gqa(
+                    q[b : b + 1], gather_context(k_cache, tables[b], n), gather_context(v_cache, tables[b], n)
+                )
+                worst = max(worst, float((out[b] - ref[0]).abs().max()))
     print(worst)
 """)
 
@@ -57,7 +60,24 @@ def run_interpreted(code: str, *args: str) -> str:
 
 
 def test_kernel_equals_gather_and_sdpa():
+    # every partition size; the longest tables span 10 partitions of 64 and 3 of 256
     assert float(run_interpreted(KERNEL_VS_TORCH)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("batch", "kv_heads", "table_tokens", "multiprocessors", "expected"),
+    [
+        (64, 8, 1600, 132, 256),  # a full batch: long partitions, fewest partials to merge
+        (4, 8, 1600, 132, 128),  # 4 x 8 x 13 = 416 programs of 128 tokens
+        (1, 8, 1600, 132, 64),  # one request spreads over 200 programs of 64
+        (1, 1, 20000, 132, 256),  # 157 partitions of 128 would be more than the merge takes
+        (1, 8, 1600, 1, 256),  # the CPU (interpreter): any size fills it
+    ],
+)
+def test_partition_size_fills_the_device(monkeypatch, batch, kv_heads, table_tokens, multiprocessors, expected):
+    triton_decode = pytest.importorskip("model.triton_decode")
+    monkeypatch.setattr(triton_decode, "_multiprocessors", lambda device: multiprocessors)
+    assert triton_decode.partition_size(batch, kv_heads, table_tokens, "cuda") == expected
 
 
 def test_engine_gives_the_same_tokens_with_the_kernel(tiny_dir):
