@@ -57,13 +57,13 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def image_bytes(width: int, height: int, seed: int) -> bytes:
+def image_bytes(width: int, height: int, seed: int, image_format: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     base = np.stack([x * 255 / width, y * 255 / height, 128 + 60 * np.sin(x / 40 + y / 25)], -1)
     pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format=image_format)
     return buffer.getvalue()
 
 

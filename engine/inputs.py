@@ -10,11 +10,11 @@ import torch
 @dataclass(frozen=True)
 class ImageInput:
     content_hash: str  # of the image bytes and the tiling settings: equal hashes, equal tiles
-    pixel_values: torch.Tensor  # [tiles, 3, 448, 448] float32, normalized
+    pixels: torch.Tensor  # [tiles, 448, 448, 3] uint8 RGB; the engine normalizes them on its device
 
     @property
     def num_tiles(self) -> int:
-        return self.pixel_values.shape[0]
+        return self.pixels.shape[0]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from model.fast_path import FastPath, triton_runs_on
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
+from preprocessing.tiling import normalize_tiles
 
 
 def pick_decode_kernel(backend: str, device: torch.device) -> Callable[..., torch.Tensor] | None:
@@ -151,8 +152,8 @@ class ModelRunner:
             else:
                 found[image.content_hash] = cached
         if missing:
-            pixels = torch.cat([im.pixel_values for im in missing.values()]).to(self.model.device)
-            tiles = self.model.embed_images(pixels)
+            pixels = torch.cat([im.pixels for im in missing.values()]).to(self.model.device)
+            tiles = self.model.embed_images(normalize_tiles(pixels))
             for image, rows in zip(
                 missing.values(), tiles.split([im.num_tiles for im in missing.values()]), strict=True
             ):

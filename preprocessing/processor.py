@@ -10,7 +10,7 @@ from engine.inputs import ImageInput, PromptInputs
 from model.config import ModelConfig
 from preprocessing.chat_template import IMG_CONTEXT, STOP_TOKENS, ChatMessage, ImagePart, render_prompt
 from preprocessing.image_decode import decode_image
-from preprocessing.tiling import tile_image, tiles_to_tensor
+from preprocessing.tiling import tile_image, tiles_to_pixels
 from preprocessing.tokenizer import Tokenizer
 
 
@@ -37,7 +37,7 @@ class Preprocessor:
         tiles = tile_image(image, lo, cap, cfg.image_size, cfg.use_thumbnail)
         digest = hashlib.sha256(data)
         digest.update(f"|tiles {lo}-{cap} size {cfg.image_size} thumb {cfg.use_thumbnail}".encode())
-        return ImageInput(digest.hexdigest(), tiles_to_tensor(tiles, cfg.image_size))
+        return ImageInput(digest.hexdigest(), tiles_to_pixels(tiles, cfg.image_size))
 
     def process(self, messages: list[ChatMessage], images: list[ImageInput]) -> PromptInputs:
         used = sorted(p.index for m in messages for p in m.parts if isinstance(p, ImagePart))

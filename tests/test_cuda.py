@@ -39,6 +39,15 @@ def test_triton_decode_equals_the_torch_path(dtype, heads, kv_heads, d):
         )
 
 
+def test_tile_normalization_on_the_gpu_gives_the_cpu_bits():
+    from preprocessing.tiling import normalize_tiles
+
+    pixels = torch.randint(0, 256, (3, 448, 448, 3), dtype=torch.uint8)
+    pixels[0, 0, :256] = torch.arange(256, dtype=torch.uint8)[:, None]  # every value in every channel
+    on_gpu = normalize_tiles(pixels.to(CUDA))
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), normalize_tiles(pixels))
+
+
 def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False, fast="none") -> dict[str, list[int]]:
     model = load_model(directory, dtype, device)
     loaded = LoadedCheckpoint(directory, model, Preprocessor(directory, model.config))

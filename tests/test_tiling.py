@@ -5,7 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from preprocessing.tiling import IMAGENET_MEAN, IMAGENET_STD, candidate_grids, closest_grid, tile_image, tiles_to_tensor
+from preprocessing.tiling import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    candidate_grids,
+    closest_grid,
+    gather_normalized,
+    normalize_tiles,
+    tile_image,
+    tiles_to_pixels,
+)
 
 S = 448
 
@@ -84,8 +93,11 @@ def test_tensor_is_normalized_imagenet_pixels_bit_for_bit():
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
     pixels[0, :256] = np.arange(256, dtype=np.uint8)[:, None]
-    x = tiles_to_tensor([Image.fromarray(pixels), Image.fromarray(pixels[::-1])], S)
+    tiles = tiles_to_pixels([Image.fromarray(pixels), Image.fromarray(pixels[::-1])], S)
+    assert tiles.shape == (2, S, S, 3) and tiles.dtype == torch.uint8
+    x = normalize_tiles(tiles)
     assert x.shape == (2, 3, S, S) and x.dtype == torch.float32 and x.is_contiguous()
     expected = torch.from_numpy(np.stack([pixels, pixels[::-1]])).permute(0, 3, 1, 2).float().div(255)
     expected.sub_(torch.tensor(IMAGENET_MEAN)[:, None, None]).div_(torch.tensor(IMAGENET_STD)[:, None, None])
     assert torch.equal(x, expected)
+    assert torch.equal(gather_normalized(tiles), expected)  # the lookup a GPU runs
