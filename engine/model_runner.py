@@ -9,14 +9,13 @@ import numpy as np
 import torch
 
 from engine.cuda_graphs import DecodeGraphs
-from engine.inputs import ImageInput
+from engine.inputs import ImageInput, normalize_tiles
 from engine.scheduler import ScheduledChunk
 from engine.vision_cache import VisionCache
 from model.fast_path import FastPath, triton_runs_on
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
-from preprocessing.tiling import normalize_tiles
 
 
 def pick_decode_kernel(backend: str, device: torch.device) -> Callable[..., torch.Tensor] | None:

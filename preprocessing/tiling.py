@@ -13,20 +13,6 @@ from PIL import Image
 
 from preprocessing.resize import resize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _normalized_values() -> np.ndarray:
-    """[3, 256] float32: (v / 255 - mean) / std per channel, in the reference's float32 steps
-    (torchvision's ToTensor, then Normalize)."""
-    mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None]
-    std = np.array(IMAGENET_STD, dtype=np.float32)[:, None]
-    return (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - mean) / std
-
-
-NORMALIZED = _normalized_values()
-
 
 def candidate_grids(min_num: int, max_num: int) -> list[tuple[int, int]]:
     """All (columns, rows) with min_num <= columns * rows <= max_num, by area."""
@@ -78,27 +64,3 @@ def tiles_to_pixels(tiles: list[Image.Image], tile_size: int) -> torch.Tensor:
     return torch.from_numpy(
         np.stack([np.asarray(t.resize((tile_size, tile_size), Image.BICUBIC), dtype=np.uint8) for t in tiles])
     )
-
-
-def normalize_tiles(pixels: torch.Tensor) -> torch.Tensor:
-    """[tiles, S, S, 3] uint8 -> [tiles, 3, S, S] float32: the reference's ToTensor and Normalize.
-
-    Each value is looked up in NORMALIZED, so every device gives the reference's float32 bits. The
-    engine runs this on its own device: a GPU does it in microseconds and receives a quarter of the
-    bytes, where the preprocessing worker took about 15 ms for 13 tiles.
-    """
-    if pixels.device.type != "cpu":
-        return gather_normalized(pixels)
-    # numpy takes the uint8 values as indices as they are; torch would widen them to int64 first
-    values = pixels.numpy()
-    x = np.empty((values.shape[0], 3, *values.shape[1:3]), dtype=np.float32)
-    for channel in range(3):
-        np.take(NORMALIZED[channel], values[..., channel], out=x[:, channel])
-    return torch.from_numpy(x)
-
-
-def gather_normalized(pixels: torch.Tensor) -> torch.Tensor:
-    """normalize_tiles as torch indexing, on the pixels' device (what a GPU runs)."""
-    table = torch.from_numpy(NORMALIZED).to(pixels.device)
-    channels = torch.arange(3, device=pixels.device)[None, :, None, None]
-    return table[channels, pixels.permute(0, 3, 1, 2).long()]

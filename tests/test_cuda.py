@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from engine.inputs import normalize_tiles
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.loader import load_model
@@ -40,8 +41,6 @@ def test_triton_decode_equals_the_torch_path(dtype, heads, kv_heads, d):
 
 
 def test_tile_normalization_on_the_gpu_gives_the_cpu_bits():
-    from preprocessing.tiling import normalize_tiles
-
     pixels = torch.randint(0, 256, (3, 448, 448, 3), dtype=torch.uint8)
     pixels[0, 0, :256] = torch.arange(256, dtype=torch.uint8)[:, None]  # every value in every channel
     on_gpu = normalize_tiles(pixels.to(CUDA))

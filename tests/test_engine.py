@@ -8,7 +8,6 @@ import torch
 from engine.llm_engine import EngineConfig, LLMEngine, RequestError
 from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage
-from preprocessing.tiling import normalize_tiles
 from tests.conftest import generate_cli
 from tests.engine_helpers import mixed_workload, run, solo_results
 
@@ -129,7 +128,7 @@ def test_an_exception_in_one_request_fails_only_that_request(tiny_model, tokens,
     real_embed = tiny_model.embed_images
 
     def embed(pixel_values):
-        if any(torch.equal(tile, normalize_tiles(bad_image.pixels)[0]) for tile in pixel_values):
+        if any(torch.equal(tile, bad_image.pixel_values()[0]) for tile in pixel_values):
             raise RuntimeError("injected fault")
         return real_embed(pixel_values)
 

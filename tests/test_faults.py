@@ -8,7 +8,6 @@ import httpx
 import pytest
 import uvicorn
 
-from preprocessing.tiling import normalize_tiles
 from server.app import create_app
 from server.cli import build_parser
 from server.serve import build_state
@@ -71,7 +70,7 @@ def test_an_exception_in_the_forward_fails_that_request_only(inprocess, monkeypa
     expected = ask(url, GOOD).json()["choices"][0]["message"]["content"]
     model = state.engine.engine.model
     real = model.embed_images
-    poison_tile = normalize_tiles(state.preprocessor.load_image(POISON).pixels)[0]
+    poison_tile = state.preprocessor.load_image(POISON).pixel_values()[0]
 
     def embed_images(pixel_values):
         if any(bool((tile == poison_tile).all()) for tile in pixel_values):

@@ -12,13 +12,12 @@ from model.forward_batch import ForwardBatch, KVCache
 from model.loader import load_model, weight_files
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from preprocessing.processor import Preprocessor
-from preprocessing.tiling import normalize_tiles
 from tests.conftest import png_bytes
 from tests.naive_math import embed_images, language_model_logits
 
 
 def visual_embeddings(model, inputs):
-    return torch.cat([model.embed_images(normalize_tiles(im.pixels)).flatten(0, 1) for im in inputs.images])
+    return torch.cat([model.embed_images(im.pixel_values()).flatten(0, 1) for im in inputs.images])
 
 
 def state_dict(directory):
@@ -71,7 +70,7 @@ def test_prefill_logits_match_float64_math(make_checkpoint, shape):
     assert inputs.images[0].num_tiles == 3  # 2x1 grid + thumbnail
     sd = state_dict(directory)
     llm = json.loads((directory / "config.json").read_text())["llm_config"]
-    visual = embed_images(sd, normalize_tiles(inputs.images[0].pixels), patch=14).reshape(-1, llm["hidden_size"])
+    visual = embed_images(sd, inputs.images[0].pixel_values(), patch=14).reshape(-1, llm["hidden_size"])
     torch.testing.assert_close(visual_embeddings(model, inputs).double(), visual, rtol=1e-4, atol=1e-4)
     mask = [t == pre.img_context_id for t in inputs.token_ids]
     expected = language_model_logits(sd, llm, inputs.token_ids, mask, visual)

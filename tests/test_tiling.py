@@ -5,16 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from preprocessing.tiling import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    candidate_grids,
-    closest_grid,
-    gather_normalized,
-    normalize_tiles,
-    tile_image,
-    tiles_to_pixels,
-)
+from engine.inputs import IMAGENET_MEAN, IMAGENET_STD, gather_normalized, normalize_tiles
+from preprocessing.tiling import candidate_grids, closest_grid, tile_image, tiles_to_pixels
 
 S = 448
 
