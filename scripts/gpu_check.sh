@@ -14,7 +14,10 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cud
     python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --fast-path none
     python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --enforce-eager
 } 2>&1 | tee "$out/roofline.log"
-python3 -m benchmarks.image_ttft "${shape[@]}" 2>&1 | tee "$out/image_ttft.log"
+{
+    python3 -m benchmarks.image_ttft "${shape[@]}"
+    python3 -m benchmarks.image_ttft "${shape[@]}" --format JPEG
+} 2>&1 | tee "$out/image_ttft.log"
 python3 -m benchmarks.decode_kernel 2>&1 | tee "$out/decode_kernel.log"
 python3 -m benchmarks.engine_bench "${shape[@]}" --requests 64 --output-tokens 128 --max-num-batched-tokens 8192 \
     2>&1 | tee "$out/engine_bench.log"
