@@ -23,7 +23,8 @@ _BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=
 
 
 def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """`image.resize(size)` (bicubic), pixel for pixel, on up to one band per CPU."""
+    """`image.resize(size)` of an RGB (or other 8-bit) image, pixel for pixel, on up to one band per
+    CPU. ("P" and "1" images resize by nearest neighbour, not in two passes: not for them.)"""
     if image.size == size:
         return image.copy()
     width, height = size

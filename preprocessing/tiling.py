@@ -1,8 +1,9 @@
 """Dynamic tiling of an RGB image into 448 px tiles plus a thumbnail, pixel-exact with the reference.
 
-The grid search and the resize calls are the reference's own expressions (including the
-candidate set built by a set comprehension and then stably sorted by area, which fixes the order
-in which exact ties are met), because any other formulation risks a different tile on a tie.
+The grid search is the reference's own expressions (including the candidate set built by a set
+comprehension and then stably sorted by area, which fixes the order in which exact ties are met),
+because any other formulation risks a different tile on a tie. Its two `image.resize` calls run
+through `resize`, the same resize cut into bands for several threads.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ def tile_image(
     """Row-major crops of the image resized to the chosen grid, then the thumbnail if > 1 tile."""
     width, height = image.size
     columns, rows = closest_grid(width, height, candidate_grids(min_num, max_num), tile_size)
-    # resize() is the reference's image.resize on all CPUs (preprocessing/resize.py)
     resized = resize(image, (tile_size * columns, tile_size * rows))
     tiles = []
     for k in range(columns * rows):
