@@ -6,7 +6,7 @@ import torch
 from model.config import LLMConfig
 from model.forward_batch import ForwardBatch, KVCache
 from model.internlm2 import ExpertRows, InternLM2Attention, InternLM2DecoderLayer
-from model.paged_attention import causal_gqa, one_query_gqa
+from model.paged_attention import blocked_causal_gqa, causal_gqa, one_query_gqa
 from model.rope import RotaryEmbedding
 from tests.naive_math import causal_attention, rope_angles, rotate_pairs, silu_ffn, split_wqkv
 
@@ -111,6 +111,24 @@ def test_one_decode_query_equals_the_last_row_of_causal_attention(heads, kv_head
     ours = causal_gqa(last.bfloat16(), k.bfloat16(), v.bfloat16())
     assert ours.dtype == torch.bfloat16
     torch.testing.assert_close(ours.double(), expected, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 2), (6, 2), (3, 1)])
+@pytest.mark.parametrize(("n", "length"), [(37, 37), (70, 100), (16, 2100), (1, 9)])
+def test_blocked_prefill_equals_causal_attention(heads, kv_heads, n, length):
+    # The path of bfloat16 prefill chunks on the CPU, in float32 (tight) and through causal_gqa in
+    # bfloat16, against float64 over the whole sequence: whole prompts (n == length), chunks after
+    # context, blocks of 32 and of 16 rows (2,100 tokens of context) and partial last blocks.
+    g = torch.Generator().manual_seed(heads * 100 + n)
+    d = 16
+    q, k, v = (torch.randn(length, h, d, generator=g, dtype=torch.float64) for h in (heads, kv_heads, kv_heads))
+    expected = causal_attention(q, k, v)[-n:]
+    chunk = q[-n:]
+    ours = blocked_causal_gqa(chunk.float(), k.float(), v.float())
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
+    in_bf16 = causal_gqa(chunk.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert in_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(in_bf16.double(), expected, rtol=3e-2, atol=3e-2)
 
 
 def test_routed_ffn_equals_masked_blend_and_runs_each_expert_only_on_its_rows():
