@@ -2,7 +2,9 @@
 
 It runs on any device and is the oracle for faster kernels. Each request's queries attend to its
 context gathered from the cache with torch's fused scaled-dot-product attention (softmax in
-float32), which agrees with the reference's eager matmul-softmax-matmul to float rounding.
+float32), which agrees with the reference's eager matmul-softmax-matmul to float rounding. In
+bfloat16 on the CPU, where that fused kernel runs at float32 speed, they attend through plain
+GEMMs in the reference's own eager order (`one_query_gqa`, `blocked_causal_gqa`).
 """
 
 from __future__ import annotations
