@@ -42,7 +42,9 @@ def partition_size(batch: int, kv_heads: int, table_tokens: int, device: torch.d
     Longer partitions mean fewer partial results to merge; shorter ones more programs reading at
     once, which a small batch needs: one request of 1,600 tokens with 8 KV heads gives 56 programs
     of 256 tokens for an H200's 132 multiprocessors, 200 of 64. It depends on the block table's
-    width, not the requests' lengths, so a captured CUDA graph keeps its partitions on replay.
+    width, not the requests' lengths, so a captured CUDA graph keeps its partitions on replay; a
+    graph's table is as wide as the longest context it serves (8,192 tokens by default), so there one
+    request gets partitions of 128, 13 of them busy at 1,600 tokens.
     """
     wanted = PROGRAMS_PER_SM * _multiprocessors(device)
     chosen = PARTITIONS[0]
