@@ -19,7 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 MIN_BAND = 64  # rows or columns per band: thinner bands cost more in copies than they save
-_BANDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="monovl-resize")
+MAX_BANDS = 8  # each band's crop and paste is a copy; measured only up to 2 CPUs, so no more than this
+
+
+def cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset, not the host's count), at most MAX_BANDS."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(usable, MAX_BANDS))
+
+
+_BANDS = ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="monovl-resize")
 
 
 def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -39,7 +48,7 @@ def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def _spans(length: int) -> list[tuple[int, int]]:
-    count = max(1, min(os.cpu_count() or 1, length // MIN_BAND))
+    count = max(1, min(cpus(), length // MIN_BAND))
     step = -(-length // count)
     return [(start, min(start + step, length)) for start in range(0, length, step)]
 
