@@ -14,12 +14,14 @@ shrinks by more than twice as many pixels as the width.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
 MIN_BAND = 64  # rows or columns per band: thinner bands cost more in copies than they save
 MAX_BANDS = 8  # each band's crop and paste is a copy; measured only up to 2 CPUs, so no more than this
+Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 
 def cpus() -> int:
@@ -55,6 +57,8 @@ def _spans(length: int) -> list[tuple[int, int]]:
 
 def _horizontal_pass(image: Image.Image, width: int) -> Image.Image:
     bands = [(0, top, image.width, bottom) for top, bottom in _spans(image.height)]
+    if len(bands) == 1:  # too small to share: no crop and paste
+        return image.resize((width, image.height))
     pieces = _each(lambda box: image.crop(box).resize((width, box[3] - box[1])), bands)
     out = Image.new(image.mode, (width, image.height))
     for (_, top, _, _), piece in zip(bands, pieces, strict=True):
@@ -64,6 +68,8 @@ def _horizontal_pass(image: Image.Image, width: int) -> Image.Image:
 
 def _vertical_pass(image: Image.Image, height: int) -> Image.Image:
     bands = [(left, 0, right, image.height) for left, right in _spans(image.width)]
+    if len(bands) == 1:
+        return image.resize((image.width, height))
     pieces = _each(lambda box: image.crop(box).resize((box[2] - box[0], height)), bands)
     out = Image.new(image.mode, (image.width, height))
     for (left, _, _, _), piece in zip(bands, pieces, strict=True):
@@ -71,7 +77,7 @@ def _vertical_pass(image: Image.Image, height: int) -> Image.Image:
     return out
 
 
-def _each(work, items: list) -> list:
+def _each(work: Callable[[Box], Image.Image], items: list[Box]) -> list[Image.Image]:
     """work(item) for every item: the first on this thread, the rest on the pool's. No pool thread
     ever waits for another, so callers on many threads at once cannot starve each other."""
     futures = [_BANDS.submit(work, item) for item in items[1:]]
