@@ -52,6 +52,7 @@ class AsyncEngine:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="monovl-engine", daemon=True)
         self.error: BaseException | None = None
+        self._death_watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
     def start(self) -> LLMEngine:
         """Start the thread, build the engine on it and return it; the build's exception is raised here."""
@@ -71,6 +72,15 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread.is_alive() and self.error is None
 
+    async def wait_until_dead(self) -> BaseException:
+        """Return the error that stopped the engine loop, once it has (the server exits on it)."""
+        loop = asyncio.get_running_loop()
+        died = loop.create_future()
+        self._death_watchers.append((loop, died))
+        if self.error is not None:  # set before this watcher was listed
+            return self.error
+        return await died
+
     async def generate(
         self, request_id: str, prompt: PromptInputs, params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
@@ -84,10 +94,10 @@ class AsyncEngine:
             try:
                 self.engine.add_request(request_id, prompt, params)
             except Exception as error:
-                stream.loop.call_soon_threadsafe(_resolve, added, error)
+                _call_soon(stream.loop, _resolve, added, error)
                 return
             self._streams[request_id] = stream
-            stream.loop.call_soon_threadsafe(_resolve, added, None)
+            _call_soon(stream.loop, _resolve, added, None)
 
         self._submit(add)
         error = await added
@@ -121,9 +131,9 @@ class AsyncEngine:
             try:
                 value = fn()
             except Exception as error:
-                loop.call_soon_threadsafe(_resolve_result, result, None, error)
+                _call_soon(loop, _resolve_result, result, None, error)
             else:
-                loop.call_soon_threadsafe(_resolve_result, result, value, None)
+                _call_soon(loop, _resolve_result, result, value, None)
 
         self._submit(run)
         return result
@@ -152,8 +162,10 @@ class AsyncEngine:
             log.exception("engine loop died")
             self.error = error
             for stream in self._streams.values():
-                stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, EngineDeadError(str(error)))
+                _call_soon(stream.loop, stream.outputs.put_nowait, EngineDeadError(str(error)))
             self._streams.clear()
+            for loop, died in self._death_watchers:
+                _call_soon(loop, _resolve, died, error)
 
     def _drain_commands(self) -> None:
         while True:
@@ -161,7 +173,10 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            command()
+            try:
+                command()
+            except Exception:  # an abort or a stats call that fails is that caller's problem, not the loop's
+                log.exception("an engine command failed")
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         # One wake-up of each event loop a step, not one an output: every call_soon_threadsafe writes
@@ -177,7 +192,15 @@ class AsyncEngine:
                     del self._streams[output.request_id]
             deliveries.setdefault(stream.loop, []).append((stream.outputs, output))
         for loop, items in deliveries.items():
-            loop.call_soon_threadsafe(_deliver, items)
+            _call_soon(loop, _deliver, items)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
+    """Hand `callback` to `loop`; a loop that has closed (its server gone) must not stop the engine."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        log.warning("an event loop closed with requests still open; their outputs are dropped")
 
 
 def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:

@@ -12,7 +12,7 @@ from engine.cuda_graphs import DecodeGraphs
 from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 from engine.inputs import PromptInputs
 from engine.model_runner import ModelRunner
-from engine.outputs import RequestOutput
+from engine.outputs import RequestOutput, TokenLogprob
 from engine.request import Request
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
@@ -32,9 +32,14 @@ class EngineConfig:
     kv_cache_memory: float = 1.0  # GiB for the KV pool
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
-    # None: what the KV pool holds. The reference sets no limit (RoPE, dynamic NTK above all, runs
-    # past max_position_embeddings), so neither does monovl unless asked.
+    # None: the context the model's config declares (LLMConfig.context_length, as vLLM derives it).
+    # Either way at most what the KV pool holds.
     max_model_len: int | None = None
+    # A request takes at most this many prefill tokens a step, so a long prompt leaves room in every
+    # step for the others (vLLM's flag; 0: no cap). None: a quarter of max_num_batched_tokens.
+    long_prefill_token_threshold: int | None = None
+    # Prompts longer than the threshold that prefill at once; the others wait, shorter ones go past.
+    max_num_partial_prefills: int = 1
     enable_prefix_caching: bool = True
     vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
     attention_backend: str = "auto"  # "torch", "triton" (paged decode kernel) or "auto" (triton on CUDA)
@@ -46,9 +51,32 @@ class EngineConfig:
 class RequestError(ValueError):
     """A request the engine cannot take (too long for the context, a duplicate id)."""
 
-    def __init__(self, param: str | None, message: str) -> None:
+    def __init__(self, param: str | None, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
+
+
+def check_context(max_model_len: int, num_prompt_tokens: int, max_tokens: int | None) -> None:
+    """Refuse a prompt that leaves no room to generate, or prompt + max_tokens beyond the context,
+    in vLLM's words."""
+    if num_prompt_tokens >= max_model_len:
+        raise RequestError(
+            "messages",
+            f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
+            f"{num_prompt_tokens} input tokens (images included), which leaves no room to generate. Please reduce "
+            "the length of the input prompt.",
+            "context_length_exceeded",
+        )
+    if max_tokens is not None and num_prompt_tokens + max_tokens > max_model_len:
+        raise RequestError(
+            "max_tokens",
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested {max_tokens} "
+            f"output tokens and your prompt contains {num_prompt_tokens} input tokens, for a total of "
+            f"{num_prompt_tokens + max_tokens} tokens. Please reduce the length of the input prompt or the number "
+            "of requested output tokens.",
+            "context_length_exceeded",
+        )
 
 
 @dataclass(frozen=True)
@@ -72,9 +100,15 @@ class LLMEngine:
         # One block more than the pool hands out: the scratch block that CUDA-graph padding rows write.
         self.kv_cache = KVCache.allocate(llm, num_blocks + 1, block_size, model.dtype, model.device)
         self.block_pool = BlockPool(num_blocks, block_size, self.config.enable_prefix_caching)
-        self.max_model_len = min(self.config.max_model_len or num_blocks * block_size, num_blocks * block_size)
+        self.max_model_len = self._max_model_len(num_blocks * block_size)
+        budget = self.config.max_num_batched_tokens
         self.scheduler = Scheduler(
-            self.block_pool, self.config.max_num_seqs, self.config.max_num_batched_tokens, self._rope_seed
+            self.block_pool,
+            self.config.max_num_seqs,
+            budget,
+            self._rope_seed,
+            long_prefill_token_threshold=self._long_prefill_token_threshold(),
+            max_num_partial_prefills=self.config.max_num_partial_prefills,
         )
         vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
         fast = FastPath.parse(self.config.fast_path, model.device, model.dtype)
@@ -96,16 +130,23 @@ class LLMEngine:
         self.requests: dict[tuple[str, int], Request] = {}
 
     # ------------------------------------------------------------------ requests in
+    def check_request(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        """Raise RequestError for what this engine cannot run. Reads only fixed settings, so the server
+        calls it from its own thread too, to refuse before a response starts."""
+        check_context(self.max_model_len, num_prompt_tokens, params.max_tokens)
+        vocab = self.model.config.llm.vocab_size
+        if params.top_k > vocab:
+            raise RequestError("top_k", f"top_k must be at most the vocabulary size, {vocab}; got {params.top_k}")
+        outside = [k for k in params.logit_bias if not 0 <= k < vocab]
+        if outside:
+            raise RequestError("logit_bias", f"logit_bias has token ids outside the vocabulary: {outside[:5]}")
+
     def add_request(self, request_id: str, prompt: PromptInputs, params: SamplingParams) -> None:
         if any(key[0] == request_id for key in self.requests):
             raise RequestError(None, f"request id {request_id!r} is already running")
-        if prompt.num_tokens >= self.max_model_len:
-            raise RequestError(
-                "messages",
-                f"the prompt is {prompt.num_tokens} tokens (images included); this model's context is "
-                f"{self.max_model_len} tokens and at least one must be left to generate",
-            )
-        params = _cap_max_tokens(params, self.max_model_len - prompt.num_tokens)
+        self.check_request(prompt.num_tokens, params)
+        if params.max_tokens is None:  # as vLLM: the rest of the context
+            params = replace(params, max_tokens=self.max_model_len - prompt.num_tokens)
         stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else frozenset(self.tokens.stop_token_ids)
         )
@@ -146,6 +187,7 @@ class LLMEngine:
         try:
             logits = self.runner.execute(chunks)
         except Exception as error:  # one bad request must not fail the batch: find it by rerunning alone
+            self.runner.check_device()
             return outputs + self._isolate_failure(chunks, error)
         return outputs + self._postprocess(chunks, logits)
 
@@ -155,19 +197,36 @@ class LLMEngine:
             chunk.request.num_computed_tokens += chunk.num_tokens
         if not sampling:
             return []
-        result = sample(logits, sampling)
-        outputs = []
-        for request, token, logprob in zip(sampling, result.token_ids, result.logprobs, strict=True):
-            if logprob is not None:
-                request.new_logprobs.append(logprob)
-            request.token_ids.append(token)
-            try:
-                self._check_finished(request, token)
-            except Exception:  # detokenizing one request's token must not stop the others
-                log.exception("request %s failed after sampling token %d", request.request_id, token)
-                request.finish("error", "internal error while detokenizing the output")
-            outputs.append(self._output(request))
-        return outputs
+        try:
+            result = sample(logits, sampling)
+        except Exception:  # one request's sampling must not fail the others: sample each alone
+            # A device fault queued by the forward surfaces at the first sync, which is here.
+            self.runner.check_device()
+            return [self._sample_alone(logits[b : b + 1], request) for b, request in enumerate(sampling)]
+        return [
+            self._append(request, token, logprob)
+            for request, token, logprob in zip(sampling, result.token_ids, result.logprobs, strict=True)
+        ]
+
+    def _sample_alone(self, logits: torch.Tensor, request: Request) -> RequestOutput:
+        try:
+            result = sample(logits, [request])
+        except Exception:
+            log.exception("request %s failed while sampling", request.request_id)
+            request.finish("error", "internal error while sampling the next token")
+            return self._output(request)
+        return self._append(request, result.token_ids[0], result.logprobs[0])
+
+    def _append(self, request: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
+        if logprob is not None:
+            request.new_logprobs.append(logprob)
+        request.token_ids.append(token)
+        try:
+            self._check_finished(request, token)
+        except Exception:  # detokenizing one request's token must not stop the others
+            log.exception("request %s failed after sampling token %d", request.request_id, token)
+            request.finish("error", "internal error while detokenizing the output")
+        return self._output(request)
 
     def _check_finished(self, request: Request, token: int) -> None:
         stop_string = request.detokenizer.append(token)
@@ -222,6 +281,26 @@ class LLMEngine:
         return outputs
 
     # ------------------------------------------------------------------ helpers
+    def _max_model_len(self, pool_tokens: int) -> int:
+        asked = self.config.max_model_len
+        wanted = asked or self.model.config.llm.context_length
+        if wanted > pool_tokens:
+            log.log(
+                logging.WARNING if asked else logging.INFO,
+                "the KV pool holds %d tokens, fewer than the context of %d: requests are limited to %d tokens",
+                pool_tokens,
+                wanted,
+                pool_tokens,
+            )
+        return min(wanted, pool_tokens)
+
+    def _long_prefill_token_threshold(self) -> int:
+        threshold = self.config.long_prefill_token_threshold
+        budget = self.config.max_num_batched_tokens
+        if threshold is None:
+            return max(1, budget // 4)
+        return threshold or budget  # 0: no cap, as vLLM
+
     def _rope_seed(self, request: Request) -> bytes:
         """Dynamic NTK rotates a long prompt's keys by its length; such blocks are only shared at that length."""
         llm = self.model.config.llm
@@ -237,7 +316,3 @@ class LLMEngine:
     @property
     def num_free_blocks(self) -> int:
         return self.block_pool.num_free
-
-
-def _cap_max_tokens(params: SamplingParams, room: int) -> SamplingParams:
-    return params if params.max_tokens <= room else replace(params, max_tokens=room)

@@ -18,6 +18,10 @@ from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
 
 
+class DeviceError(RuntimeError):
+    """The device no longer runs work (a sticky CUDA error, a lost GPU): no request can be served."""
+
+
 def pick_decode_kernel(backend: str, device: torch.device) -> Callable[..., torch.Tensor] | None:
     """`auto`: the Triton paged decode kernel on CUDA when Triton imports, else the torch path."""
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
@@ -49,6 +53,20 @@ class ModelRunner:
         self.img_context_id = img_context_id
         self.vision_cache = vision_cache
         self.graphs: DecodeGraphs | None = None  # set by the engine on CUDA
+
+    def check_device(self) -> None:
+        """Raise DeviceError unless the device still computes. After a failed step: a CUDA error such as
+        a device-side assert is sticky, every later call fails, and only a new process recovers."""
+        device = self.model.device
+        try:
+            probe = torch.ones(2, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ok = probe.sum().item() == 2
+        except Exception as error:
+            raise DeviceError(f"the {device} device no longer runs work: {error}") from error
+        if not ok:
+            raise DeviceError(f"the {device} device computes wrong results")
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:

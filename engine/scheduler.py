@@ -5,6 +5,11 @@ next chunk), then waiting requests in arrival order while the token budget, `max
 block pool allow. When the pool cannot hold a running request's next tokens, the newest running
 request is preempted: its blocks are freed and it goes back to the front of the queue, to be
 recomputed later (its full blocks usually come back from the prefix cache).
+
+No request takes more than `long_prefill_token_threshold` tokens of a step, so a long prompt
+leaves budget to the others in every step, and at most `max_num_partial_prefills` long prompts
+(more uncached tokens than the threshold) prefill at once: a short prompt that arrives behind a
+waiting long one goes first. Both follow vLLM's scheduler flags of the same names.
 """
 
 from __future__ import annotations
@@ -35,11 +40,15 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         rope_seed: Callable[[Request], bytes],
+        long_prefill_token_threshold: int | None = None,
+        max_num_partial_prefills: int = 1,
     ) -> None:
         self.block_pool = block_pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.rope_seed = rope_seed
+        self.long_prefill_token_threshold = long_prefill_token_threshold or max_num_batched_tokens
+        self.max_num_partial_prefills = max_num_partial_prefills
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.unschedulable: list[Request] = []  # too large for the whole pool; the engine fails them
@@ -65,7 +74,7 @@ class Scheduler:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_tokens = self._chunk_size(request, budget)
             while not self.block_pool.allocate(request, num_tokens):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -78,25 +87,47 @@ class Scheduler:
                 chunks.append(self._scheduled(request, num_tokens))
                 budget -= num_tokens
         # After a preemption the pool is full: admitting new work would only preempt again.
-        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
-            request = self.waiting[0]
+        if not preempted:
+            self._admit(chunks, budget)
+        return chunks
+
+    def _admit(self, chunks: list[ScheduledChunk], budget: int) -> None:
+        """Waiting requests in arrival order, while the budget, max_num_seqs and the pool allow."""
+        long_prefills = sum(self._is_long_prefill(r) for r in self.running)
+        for request in list(self.waiting):
+            if budget == 0 or len(self.running) >= self.max_num_seqs:
+                return
             if not request.block_table:
                 self.block_pool.use_cached_prefix(request, self.rope_seed(request))
-            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            is_long = self._is_long_prefill(request)
+            if is_long and long_prefills >= self.max_num_partial_prefills:
+                self._forget_blocks(request)  # it waits its turn among the long ones
+                continue
+            num_tokens = self._chunk_size(request, budget)
             if not self.block_pool.allocate(request, num_tokens):
                 # Waiting requests hold no blocks, so others can always make progress.
-                self.block_pool.free_request(request)
-                request.num_computed_tokens = 0
+                self._forget_blocks(request)
                 if not self.running:
-                    self.unschedulable.append(self.waiting.popleft())
+                    self.waiting.remove(request)
+                    self.unschedulable.append(request)
                     continue
-                break
-            self.waiting.popleft()
+                return
+            self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks.append(self._scheduled(request, num_tokens))
             budget -= num_tokens
-        return chunks
+            long_prefills += is_long
+
+    def _chunk_size(self, request: Request, budget: int) -> int:
+        return min(request.num_tokens - request.num_computed_tokens, budget, self.long_prefill_token_threshold)
+
+    def _is_long_prefill(self, request: Request) -> bool:
+        return request.num_tokens - request.num_computed_tokens > self.long_prefill_token_threshold
+
+    def _forget_blocks(self, request: Request) -> None:
+        self.block_pool.free_request(request)
+        request.num_computed_tokens = 0
 
     def _scheduled(self, request: Request, num_tokens: int) -> ScheduledChunk:
         # Hashes are registered now, before the forward, so a request admitted later in this same

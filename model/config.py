@@ -40,6 +40,13 @@ class LLMConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def context_length(self) -> int:
+        """The context the config declares: max_position_embeddings, times the RoPE scaling factor
+        (dynamic NTK and linear scaling both stretch it), as vLLM derives its default max_model_len."""
+        factor = self.rope_scaling.factor if self.rope_scaling else 1.0
+        return int(self.max_position_embeddings * factor)
+
 
 @dataclass(frozen=True)
 class VisionConfig:

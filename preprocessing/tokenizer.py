@@ -8,6 +8,7 @@ file's own normalizer (so `add_dummy_prefix` applies per chunk). `<s>` goes in f
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -50,6 +51,18 @@ class Tokenizer:
             + [i for i in (self.bos_id, self.eos_id, self.sp.pad_id()) if i >= 0]
         )
         self._added_by_id = {t.id: t for t in self.added.values()}
+
+    @functools.cached_property
+    def max_chars_per_token(self) -> int:
+        """The most characters of text one token stands for: its longest piece or added token (a byte
+        piece stands for less than one character)."""
+        sp = self.sp
+        lengths = [
+            len(sp.id_to_piece(i))
+            for i in range(self.num_pieces)
+            if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i))
+        ]
+        return max([1, *lengths, *(len(token) for token in self.added)])
 
     def token_id(self, token: str) -> int:
         """The id of one token by its string; an error if the vocabulary has no such token."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -11,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -19,7 +17,9 @@ from server import chat
 from server.errors import APIError
 from server.guard import Guard
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList, completion_id
+from server.request_body import parse_json_object
 from server.state import ServerState
+from server.streaming import EventStream, race, shutting_down
 
 VERSION = "0.1.0"
 
@@ -28,7 +28,7 @@ def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        state.draining = True
+        state.drain.draining = True
         state.engine.shutdown()
         state.pool.shutdown()
 
@@ -47,6 +47,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> Response:
         if not state.engine.is_running:
             return APIError(503, "the engine is not running", "server_error", code="engine_dead").response()
+        if state.drain.draining:  # load balancers stop sending work here
+            return shutting_down().response()
         return JSONResponse({"status": "ok"})
 
     @app.get("/version")
@@ -70,10 +72,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions", openapi_extra=_request_body_schema())
     async def chat_completions(request: Request) -> Response:
         body = await _parse_body(request)
-        if state.draining:
-            raise APIError(
-                503, "the server is shutting down", "server_error", code="shutting_down", headers={"Retry-After": "5"}
-            )
+        if state.drain.draining:
+            raise shutting_down()
         if state.in_flight >= state.settings.max_queue:
             raise APIError(
                 503,
@@ -84,15 +84,15 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             )
         state.in_flight += 1
         try:
-            prompt, params = await chat.prepare(state, body)
+            # Everything is refused before the response starts, so a stream fails as a plain request does.
+            prompt, params = await race(chat.prepare(state, body), request.receive, state.drain)
             request_id = completion_id()
             if body.stream:
                 events = _counted(state, chat.stream(state, request_id, prompt, params, body))
                 state.in_flight += 1  # the stream holds its own count until it ends
-                return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-            answer = await _unless_disconnected(
-                request, chat.complete(state, request_id, prompt, params, body.logprobs)
-            )
+                return EventStream(events, state.drain, chat.error_event(shutting_down()))
+            work = chat.complete(state, request_id, prompt, params, body.logprobs)
+            answer = await race(work, request.receive, state.drain)
             return JSONResponse(answer.model_dump())
         finally:
             state.in_flight -= 1
@@ -106,26 +106,8 @@ async def _counted(state: ServerState, events):
         state.in_flight -= 1
 
 
-async def _unless_disconnected(request: Request, work):
-    """Await `work`; if the client goes away first, cancel it (which aborts the engine request)."""
-    task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            raise APIError(499, "client disconnected", code="client_disconnected")
-
-
 async def _parse_body(request: Request) -> ChatCompletionRequest:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the body is not valid JSON: {e.msg if hasattr(e, 'msg') else e}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the body must be a JSON object")
+    data = parse_json_object(await request.body())
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as e:

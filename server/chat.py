@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from engine.async_engine import EngineDeadError
 from engine.inputs import PromptInputs
 from engine.llm_engine import RequestError
 from engine.outputs import RequestOutput, TokenLogprob
@@ -43,8 +44,9 @@ class Conversation:
     images: list[tuple[str, str]]  # (url, param path) in order
 
 
-def to_conversation(request: ChatCompletionRequest, max_images: int) -> Conversation:
+def to_conversation(request: ChatCompletionRequest, max_images: int, max_chars: int) -> Conversation:
     messages, images = [], []
+    chars = 0
     for i, message in enumerate(request.messages):
         role = "system" if message.role == "developer" else message.role
         content = message.content
@@ -52,11 +54,13 @@ def to_conversation(request: ChatCompletionRequest, max_images: int) -> Conversa
             raise bad_request(f"messages[{i}].content is required for role {message.role}", f"messages[{i}].content")
         if content is None or isinstance(content, str):
             messages.append(ChatMessage.text(role, content or ""))
+            chars += len(content or "")
             continue
         parts: list[TextPart | ImagePart] = []
         for j, part in enumerate(content):
             if part.type == "text":
                 parts.append(TextPart(part.text))
+                chars += len(part.text)
                 continue
             if role != "user":
                 raise bad_request("images are only allowed in user messages", f"messages[{i}].content[{j}]")
@@ -66,6 +70,12 @@ def to_conversation(request: ChatCompletionRequest, max_images: int) -> Conversa
     if len(images) > max_images:
         raise bad_request(
             f"{len(images)} images in one request; the limit is {max_images}", "messages", "too_many_images"
+        )
+    if chars > max_chars:
+        raise bad_request(
+            f"the messages hold {chars} characters of text; at most {max_chars} can fit in this model's context",
+            "messages",
+            "context_length_exceeded",
         )
     return Conversation(messages, images)
 
@@ -89,22 +99,32 @@ def preprocess(
 
 
 async def prepare(state: ServerState, request: ChatCompletionRequest) -> tuple[PromptInputs, SamplingParams]:
+    """Everything that can refuse a request, cheapest first; the response starts only after it."""
     settings = state.settings
     if request.model is not None and request.model != settings.served_model_name:
         raise APIError(404, f"the model {request.model!r} does not exist", param="model", code="model_not_found")
     try:
-        # As vLLM: without max_tokens a request may use the rest of the context.
-        params = request.to_sampling_params(state.max_model_len, state.preprocessor.tokenizer.vocab_size)
+        params = request.to_sampling_params()
     except SamplingParamsError as e:
         raise bad_request(str(e), e.param) from None
-    conversation = to_conversation(request, settings.max_images_per_request)
+    engine = state.engine.engine
+    _check(engine.check_request, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
+    conversation = to_conversation(request, settings.max_images_per_request, state.max_prompt_chars)
     started = time.perf_counter()
     images = [await image_bytes(state, url, param) for url, param in conversation.images]
     max_tiles = min(request.max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
     prompt = await state.pool.run(preprocess, state.preprocessor, conversation, images, max_tiles)
     if images:
         state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
+    _check(engine.check_request, prompt.num_tokens, params)
     return prompt, params
+
+
+def _check(check_request, num_prompt_tokens: int, params: SamplingParams) -> None:
+    try:
+        check_request(num_prompt_tokens, params)
+    except RequestError as e:
+        raise bad_request(str(e), e.param, e.code) from None
 
 
 async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
@@ -228,18 +248,18 @@ async def stream(
                 yield chunk([ChunkChoice(index=output.index, delta=DeltaMessage(content=output.new_text), logprobs=lp)])
             if output.finished:
                 if output.finish_reason == "error":
-                    yield _error_event(output.error or "internal error", "server_error")
+                    yield error_event(APIError(500, output.error or "internal error", "server_error"))
                     break
                 yield chunk([ChunkChoice(index=output.index, delta=DeltaMessage(), finish_reason=output.finish_reason)])
     except APIError as e:
-        yield _error_event(e.message, e.type, e.param, e.code)
+        yield error_event(e)
     if with_usage:
         yield chunk([], tally.usage())
     yield "data: [DONE]\n\n"
 
 
-def _error_event(message: str, kind: str, param: str | None = None, code: str | None = None) -> str:
-    return f"data: {json.dumps(error_body(message, kind, param, code))}\n\n"
+def error_event(error: APIError) -> str:
+    return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"
 
 
 async def _outputs(
@@ -251,7 +271,11 @@ async def _outputs(
             finished += output.finished
             yield output
     except RequestError as e:
-        raise bad_request(str(e), e.param) from None
+        raise bad_request(str(e), e.param, e.code) from None
+    except EngineDeadError:
+        raise APIError(
+            503, "the engine stopped; the server is restarting", "server_error", code="engine_dead"
+        ) from None
     finally:
         if finished < params.n:  # the client left (or the server failed): the rest were aborted
             state.metrics.request_success.labels(state.metrics.model_name, "abort").inc(params.n - finished)

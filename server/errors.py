@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
+import json
+
+from fastapi.responses import Response
 
 
 class APIError(Exception):
@@ -19,9 +21,10 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
 
-    def response(self) -> JSONResponse:
-        body = error_body(self.message, self.type, self.param, self.code)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        # ASCII escapes: a message that quotes the request (a model name, a path) renders whatever it holds.
+        body = json.dumps(error_body(self.message, self.type, self.param, self.code))
+        return Response(body, status_code=self.status, headers=self.headers, media_type="application/json")
 
 
 def error_body(message: str, type: str, param: str | None, code: str | None) -> dict:

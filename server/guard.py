@@ -1,4 +1,9 @@
-"""The middleware every HTTP request passes: API key, body size limit, request id and access log.
+"""The middleware every HTTP request passes: API key, body limits, request id and access log.
+
+The body limit holds however the body comes: a Content-Length over it is refused at once, and a
+body without one (chunked) is counted as it arrives and refused with a 413 the moment it crosses
+the limit, so no more than the limit is ever held. A body that stops arriving for `body_timeout`
+seconds gets a 408. Both close the connection, since the rest of the body would still be on it.
 
 Plain ASGI, not Starlette's `BaseHTTPMiddleware` (`@app.middleware("http")`): that one relays each
 chunk of a streaming response through a memory stream between two tasks, a cost paid on every
@@ -7,6 +12,7 @@ server-sent token.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -47,7 +53,7 @@ class Guard:
             if rejection is not None:
                 await rejection.response()(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, self._bounded(receive), send_with_id)
         finally:
             client = scope.get("client")
             log.info(
@@ -69,5 +75,40 @@ class Guard:
                 return APIError(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return APIError(413, f"the body is larger than {settings.max_body_bytes} bytes", code="request_too_large")
+            return _too_large(settings.max_body_bytes)
         return None
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """`receive` that raises a 413 past the body limit and a 408 when the body stalls."""
+        limit, timeout = self.settings.max_body_bytes, self.settings.body_timeout
+        received = 0
+        body_done = False
+
+        async def bounded() -> Message:
+            nonlocal received, body_done
+            if body_done:  # from here on the app only listens for the client leaving
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+                raise APIError(
+                    408,
+                    f"the request body stopped arriving for {timeout:g} s",
+                    code="request_timeout",
+                    headers=_CLOSE,
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    raise _too_large(limit)
+            return message
+
+        return bounded
+
+
+_CLOSE = {"Connection": "close"}
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the body is larger than {limit} bytes", code="request_too_large", headers=_CLOSE)

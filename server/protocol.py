@@ -6,13 +6,14 @@ knob with the precedence request -> server default -> OpenAI default.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
 
-from engine.sampling_params import SamplingParams, SamplingParamsError
+from engine.sampling_params import INT64_MAX, INT64_MIN, SamplingParams, SamplingParamsError
 
 
 class ImageURL(BaseModel):
@@ -30,6 +31,9 @@ class ImageContentPart(BaseModel):
     image_url: ImageURL
 
 
+_TOKEN_ID = re.compile(r"-?[0-9]{1,18}")
+MAX_STOP_CHARS = 1000
+
 ContentPart = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
 
 
@@ -44,23 +48,23 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     messages: list[ChatMessageIn] = Field(min_length=1)
     model: str | None = None
     frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=300)
     logprobs: StrictBool = False
     max_completion_tokens: int | None = None
     max_tokens: int | None = None
     n: int = 1
     presence_penalty: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = None
     user: str | None = None
 
@@ -76,16 +80,23 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
         for key in bias or {}:
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not _TOKEN_ID.fullmatch(key):
+                raise ValueError(f"logit_bias keys must be token ids, got {key[:20]!r}")
         return bias
 
-    def to_sampling_params(self, default_max_tokens: int, vocab_size: int) -> SamplingParams:
+    @field_validator("stop")
+    @classmethod
+    def _short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        # Each step looks for every stop string near the end of the text, so their length is work.
+        for one in [stop] if isinstance(stop, str) else stop or []:
+            if len(one) > MAX_STOP_CHARS:
+                raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters")
+        return stop
+
+    def to_sampling_params(self) -> SamplingParams:
+        """As vLLM: without max_tokens (or max_completion_tokens) a request may use the rest of the context."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
-        bad = [k for k in bias if not 0 <= k < vocab_size]
-        if bad:
-            raise SamplingParamsError("logit_bias", f"logit_bias has token ids outside the vocabulary: {bad[:5]}")
         logprobs = None
         if self.logprobs:
             logprobs = self.top_logprobs or 0
@@ -104,7 +115,7 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             stop=tuple(stop),
             ignore_eos=self.ignore_eos,
-            max_tokens=_or(self.max_completion_tokens, _or(self.max_tokens, default_max_tokens)),
+            max_tokens=_or(self.max_completion_tokens, self.max_tokens),
             logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
         )

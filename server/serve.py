@@ -1,16 +1,18 @@
-"""`monovl serve`: load the model, start the engine thread, run uvicorn until SIGTERM."""
+"""`monovl serve`: load the model, start the engine thread, run uvicorn until SIGTERM (or the engine dies)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 
 import torch
 
 from engine.async_engine import AsyncEngine
 from engine.llm_engine import EngineConfig, LLMEngine
 from model.forward_batch import KVCache
+from server.drain import Drain
 from server.metrics import Metrics
 from server.model_loading import LoadedCheckpoint, load_checkpoint
 from server.preprocess_pool import PreprocessPool
@@ -28,7 +30,23 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", help="the model id clients send (default: --model, or monovl-demo)")
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="tokens per step (chunked prefill)")
-    parser.add_argument("--max-model-len", type=int, help="context limit (default: what the KV pool holds)")
+    parser.add_argument(
+        "--long-prefill-token-threshold",
+        type=int,
+        help="most prefill tokens one request takes a step (default: a quarter of --max-num-batched-tokens; 0: no cap)",
+    )
+    parser.add_argument(
+        "--max-num-partial-prefills",
+        type=int,
+        default=1,
+        help="prompts over the threshold that prefill at once (shorter ones go past the waiting ones)",
+    )
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        help="context limit (default: the config's max_position_embeddings times its RoPE scaling factor, "
+        "at most what the KV pool holds)",
+    )
     parser.add_argument("--kv-cache-memory", type=float, help="GiB for the KV cache (default: sized to the load)")
     parser.add_argument(
         "--kv-cache-fraction",
@@ -61,7 +79,18 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allowed-origins", default="", help="comma-separated CORS origins, or *")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish work on SIGTERM; responses still open then end with an error event or a 503",
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers (408)"
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds a request body may pause between chunks (408)"
+    )
 
 
 def free_memory_gib(device: torch.device) -> float:
@@ -97,6 +126,8 @@ def engine_config(args: argparse.Namespace, loaded: LoadedCheckpoint) -> EngineC
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if cuda else 512),
         max_model_len=args.max_model_len,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
+        max_num_partial_prefills=args.max_num_partial_prefills,
         attention_backend=args.attention_backend,
         cuda_graphs=not args.enforce_eager,
         fast_path=args.fast_path,
@@ -125,6 +156,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
         max_image_tiles=args.max_image_tiles,
         max_queue=args.max_queue,
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+        body_timeout=args.body_timeout,
     )
     metrics = Metrics(settings.served_model_name)
     metrics.track_engine(
@@ -132,13 +164,16 @@ def build_state(args: argparse.Namespace) -> ServerState:
     )
     pool = PreprocessPool(settings.preprocess_workers)
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
-    return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote)
+    drain = Drain(args.graceful_timeout)
+    return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote, drain)
 
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.connections import header_deadline_protocol
+    from server.lifecycle import ENGINE_DIED_EXIT_STATUS, Server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = build_state(args)
@@ -158,12 +193,17 @@ def serve(args: argparse.Namespace) -> None:
         runner.fast,
         f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
     )
-    # loop and http stay "auto": uvloop and httptools (dependencies) when they import, asyncio and h11 if not
-    uvicorn.run(
+    # The loop stays "auto": uvloop (a dependency) when it imports, asyncio if not.
+    config = uvicorn.Config(
         create_app(state),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_timeout,
         access_log=False,
+        http=header_deadline_protocol(args.header_timeout),
     )
+    server = Server(config, state.engine, state.drain)
+    server.run()
+    if server.engine_died:
+        sys.exit(ENGINE_DIED_EXIT_STATUS)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.async_engine import AsyncEngine
 from preprocessing.processor import Preprocessor
+from server.drain import Drain
 from server.metrics import Metrics
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
@@ -20,6 +21,7 @@ class ServerSettings:
     max_image_tiles: int = 12
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
+    body_timeout: float = 30.0  # seconds a request body may pause between two chunks
     max_queue: int = 256  # requests in flight before 503
     allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = 2
@@ -34,5 +36,11 @@ class ServerState:
     metrics: Metrics
     max_model_len: int
     remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused
+    drain: Drain = field(default_factory=lambda: Drain(graceful_timeout=30.0))
     in_flight: int = 0
-    draining: bool = False
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Text longer than this cannot fit in the context, however it tokenizes (no token stands for
+        more characters than the tokenizer's longest), so it is refused before tokenizing."""
+        return self.max_model_len * self.preprocessor.tokenizer.max_chars_per_token

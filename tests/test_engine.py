@@ -103,9 +103,14 @@ def test_n_completions_share_the_prompt_blocks(tiny_model, tokens, workload):
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=512))
     params = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=6)
     engine.add_request("n3", prompt, params)
-    engine.step()  # the three prompts are scheduled together; the later two find the first one's blocks
+    # One long prompt prefills at a time (max_num_partial_prefills): the later two wait until what
+    # is left of the first one's prompt is short, and find the rest in the prefix cache.
+    while engine.requests[("n3", 1)].block_table == []:
+        engine.step()
+    threshold = engine.scheduler.long_prefill_token_threshold
+    assert engine.requests[("n3", 1)].num_cached_tokens >= prompt.num_tokens - threshold
     shared = len(set(engine.requests[("n3", 0)].block_table) & set(engine.requests[("n3", 1)].block_table))
-    assert shared >= prompt.num_tokens // 16 - 1
+    assert shared >= (prompt.num_tokens - threshold) // 16
     results = run(engine, {})
     assert sorted(k[1] for k in results) == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in results.values()}) > 1  # different seeds per completion
@@ -141,15 +146,34 @@ def test_an_exception_in_one_request_fails_only_that_request(tiny_model, tokens,
     assert bad_image.content_hash not in engine.runner.vision_cache.entries
 
 
-def test_prompt_longer_than_the_context_is_refused(tiny_model, tokens, preprocessor):
+def test_the_context_limits_prompt_and_max_tokens_as_vllm(tiny_model, tokens, preprocessor):
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=8, block_size=16))
+    assert engine.max_model_len == 8 * 16  # the pool holds less than the config's context
     prompt = preprocessor.process([ChatMessage.text("user", "word " * 200)], [])
-    with pytest.raises(RequestError, match="context"):
+    with pytest.raises(RequestError, match="maximum context length is 128 tokens") as refused:
         engine.add_request("long", prompt, SamplingParams())
+    assert refused.value.param == "messages"
     short = preprocessor.process([ChatMessage.text("user", "hi")], [])
-    results = run(engine, {0: [("short", short, SamplingParams(temperature=0, max_tokens=1000, ignore_eos=True))]})
-    assert results[("short", 0)].finish_reason == "length"
-    assert len(short.token_ids) + len(results[("short", 0)].token_ids) <= 8 * 16
+    room = 128 - short.num_tokens
+    with pytest.raises(RequestError, match=f"you requested {room + 1} output tokens") as refused:
+        engine.add_request("over", short, SamplingParams(max_tokens=room + 1))
+    assert refused.value.param == "max_tokens" and not engine.has_unfinished()
+    # without max_tokens, the rest of the context
+    results = run(engine, {0: [("rest", short, SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))]})
+    assert results[("rest", 0)].finish_reason == "length" and len(results[("rest", 0)].token_ids) == room
+    exact = run(engine, {0: [("exact", short, SamplingParams(temperature=0, max_tokens=room, ignore_eos=True))]})
+    assert exact[("exact", 0)].token_ids == results[("rest", 0)].token_ids
+
+
+def test_max_model_len_defaults_to_the_configs_context(make_checkpoint, tokens):
+    from model.loader import load_model
+
+    for rope, context in (("none", 4096), ("dynamic:2.0", 8192), ("linear:4.0", 16384)):
+        directory = make_checkpoint(max_position_embeddings=4096, rope_scaling=rope)
+        model = load_model(directory, torch.float32, torch.device("cpu"))
+        assert LLMEngine(model, tokens, EngineConfig(num_kv_blocks=2048)).max_model_len == context
+        assert LLMEngine(model, tokens, EngineConfig(num_kv_blocks=2048, max_model_len=3000)).max_model_len == 3000
+        assert LLMEngine(model, tokens, EngineConfig(num_kv_blocks=100)).max_model_len == 1600
 
 
 def test_stop_token_ids_max_tokens_and_ignore_eos(tiny_model, tokens, workload, alone):

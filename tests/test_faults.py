@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+import torch
 import uvicorn
 
 from server.app import create_app
@@ -163,3 +164,110 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
                 finished[out.request_id] = out.finish_reason
     assert finished == {"bad": "error", "good": "length"}
     assert engine.num_free_blocks == 64
+
+
+def _engine(tiny_model, preprocessor, **config):
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from server.model_loading import LoadedCheckpoint
+
+    tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
+    return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, **config))
+
+
+def test_a_sampling_fault_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
+    import engine.llm_engine as llm_engine
+    from engine.sampling_params import SamplingParams
+    from preprocessing.chat_template import ChatMessage
+    from tests.engine_helpers import run
+
+    def requests():
+        prompt = preprocessor.process([ChatMessage.text("user", "Hi!")], [])
+        seeded = SamplingParams(temperature=1.0, seed=11, max_tokens=6, ignore_eos=True)
+        return [(name, prompt, seeded) for name in ("before", "bad", "after")]
+
+    alone = {
+        item[0]: run(_engine(tiny_model, preprocessor), {0: [item]})[(item[0], 0)].token_ids for item in requests()
+    }
+    real = llm_engine.sample
+
+    def sample(logits, batch):
+        if any(r.request_id == "bad" for r in batch) and batch[0].num_output_tokens >= 2:
+            raise RuntimeError("injected sampling fault")
+        return real(logits, batch)
+
+    monkeypatch.setattr(llm_engine, "sample", sample)
+    engine = _engine(tiny_model, preprocessor)
+    done = run(engine, {0: requests()})
+    assert done[("bad", 0)].finish_reason == "error" and "sampling" in done[("bad", 0)].error
+    assert len(done[("bad", 0)].token_ids) == 2
+    assert done[("before", 0)].token_ids == alone["before"] and done[("after", 0)].token_ids == alone["after"]
+    assert engine.num_free_blocks == 64
+
+
+def test_a_device_that_stops_computing_stops_the_engine(tiny_model, preprocessor, monkeypatch):
+    from engine.async_engine import AsyncEngine, EngineDeadError
+    from engine.model_runner import DeviceError, ModelRunner
+    from engine.sampling_params import SamplingParams
+    from preprocessing.chat_template import ChatMessage
+
+    engine = _engine(tiny_model, preprocessor)
+    engine.runner.check_device()  # the CPU computes
+    prompt = preprocessor.process([ChatMessage.text("user", "Hi!")], [])
+    lost = {"now": False}
+    execute, check = ModelRunner.execute, ModelRunner.check_device
+
+    def failing_execute(self, chunks):
+        if lost["now"]:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return execute(self, chunks)
+
+    def failing_check(self):
+        if lost["now"]:
+            raise DeviceError("the device no longer runs work")
+        return check(self)
+
+    monkeypatch.setattr(ModelRunner, "execute", failing_execute)
+    monkeypatch.setattr(ModelRunner, "check_device", failing_check)
+    async_engine = AsyncEngine(lambda: engine)
+    async_engine.start()
+    params = SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)
+
+    async def main():
+        died = asyncio.create_task(async_engine.wait_until_dead())
+        streams = [async_engine.generate(f"r{k}", prompt, params) for k in range(3)]
+        for stream in streams:
+            await anext(stream)
+        lost["now"] = True
+        errors = []
+        for stream in streams:
+            with pytest.raises(EngineDeadError):
+                async for _ in stream:
+                    pass
+            errors.append(True)
+        return errors, await asyncio.wait_for(died, 5)
+
+    errors, error = asyncio.run(main())
+    assert errors == [True] * 3 and isinstance(error, DeviceError)
+    assert not async_engine.is_running
+    after = asyncio.run(_first(async_engine.generate("late", prompt, params)))
+    assert isinstance(after, EngineDeadError)
+
+
+async def _first(stream):
+    try:
+        return await anext(stream)
+    except Exception as error:
+        return error
+
+
+def test_check_device_raises_for_a_device_that_cannot_compute():
+    from engine.model_runner import DeviceError, ModelRunner
+
+    class Model:
+        device = torch.device("meta")
+
+    class Runner:  # what check_device reads of a runner
+        model = Model()
+
+    with pytest.raises(DeviceError, match="meta"):
+        ModelRunner.check_device(Runner())

@@ -1,0 +1,84 @@
+"""A request body from raw bytes to a JSON object: strict UTF-8 and strict JSON, or a 400.
+
+Python's `json` takes NaN and Infinity (not JSON), lone UTF-16 surrogate escapes (which no
+tokenizer or UTF-8 encoder takes later) and integers of thousands of digits (a ValueError of its
+own), and its parser raises RecursionError on deep nesting. Each of these is refused here,
+naming where it is, before any other work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from server.errors import APIError, bad_request
+
+# A \uD800-\uDFFF escape: half of a surrogate pair, or a lone one (checked only when present).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def parse_json_object(raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad_request(f"the body is not valid UTF-8 (at byte {e.start})", code="invalid_json") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise bad_request(
+            f"the body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise bad_request("the body is nested too deeply to be a request", code="invalid_json") from None
+    except ValueError as e:  # _NotJSON, or an integer past Python's digit limit
+        raise bad_request(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(data)
+    return data
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotJSON(f"{name} is not a JSON number")
+
+
+def _refuse_lone_surrogates(data: dict) -> None:
+    """A 400 naming the first string (or key) that holds half of a surrogate pair alone."""
+    pending: list[tuple[object, str]] = [(data, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, str):
+            if not _is_unicode(value):
+                raise _lone_surrogate(path or "body")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_unicode(key):
+                    raise _lone_surrogate(f"{path}.{_printable(key)}".lstrip("."))
+                pending.append((item, f"{path}.{key}".lstrip(".")))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}[{k}]") for k, item in enumerate(value))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+
+
+def _lone_surrogate(path: str) -> APIError:
+    return bad_request(
+        f"{path}: a string holds a lone UTF-16 surrogate (half of a \\ud800-\\udfff pair); send valid Unicode",
+        path,
+        "invalid_unicode",
+    )

@@ -1,0 +1,95 @@
+"""Work that stops the moment its client leaves or the server drains, and the SSE response built on it.
+
+A request's work (preprocessing, waiting in the engine's queue, generating) races the client's
+`http.disconnect` and the drain deadline (server/drain.py). A client that leaves is noticed at
+once, wherever its request is, not at the next write; cancelling the work closes the engine
+stream, which aborts the request and frees its KV blocks before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from server.drain import Drain
+from server.errors import APIError
+
+T = TypeVar("T")
+
+
+class ClientGone(APIError):
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the connection", code="client_disconnected")
+
+
+def shutting_down() -> APIError:
+    return APIError(
+        503, "the server is shutting down", "server_error", code="shutting_down", headers={"Retry-After": "5"}
+    )
+
+
+async def race(work: Awaitable[T], receive: Receive, drain: Drain) -> T:
+    """`work`'s result; ClientGone if the client leaves first, a 503 if the drain deadline comes
+    first. Either way `work` is cancelled before this returns."""
+    task = asyncio.ensure_future(work)
+    client_left = asyncio.ensure_future(_disconnect(receive))
+    deadline = asyncio.ensure_future(drain.deadline.wait())
+    try:
+        await asyncio.wait({task, client_left, deadline}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (client_left, deadline):
+            waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        return task.result()
+    raise ClientGone() if client_left.done() and not client_left.cancelled() else shutting_down()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream(Response):
+    """A `text/event-stream` response of `events`, ended by `race`: nothing more once the client has
+    gone; at the drain deadline a final error event and `data: [DONE]`, so the stream ends as a
+    stream should."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[str], drain: Drain, on_drain: str) -> None:
+        # As Starlette's StreamingResponse: no body attribute, so no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache"})
+        self.events = events
+        self.drain = drain
+        self.on_drain = on_drain  # the error event sent when the drain ends the stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            await race(self._pump(send), receive, self.drain)
+        except ClientGone:
+            return
+        except APIError:  # the drain deadline
+            await _body(send, self.on_drain + "data: [DONE]\n\n")
+        finally:
+            await self.events.aclose()  # a stream cut off between two events: its engine request ends now
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Send) -> None:
+        async for event in self.events:
+            await _body(send, event)
+
+
+async def _body(send: Send, text: str) -> None:
+    await send({"type": "http.response.body", "body": text.encode(), "more_body": True})

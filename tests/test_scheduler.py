@@ -1,0 +1,84 @@
+"""Fair scheduling: a long prompt cannot hold a step's whole budget, nor the prefill queue."""
+
+import pytest
+
+from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
+from engine.sampling_params import SamplingParams
+from preprocessing.chat_template import ChatMessage
+
+
+@pytest.fixture(scope="module")
+def tokens(preprocessor):
+    return TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
+
+
+def prompt(preprocessor, text: str):
+    return preprocessor.process([ChatMessage.text("user", text)], [])
+
+
+class Recorder:
+    """Wraps the runner: the tokens each request got in each step."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.steps: list[dict[str, int]] = []
+        execute = engine.runner.execute
+
+        def recorded(chunks):
+            self.steps.append({c.request.request_id: c.num_tokens for c in chunks})
+            return execute(chunks)
+
+        engine.runner.execute = recorded
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+
+
+def test_a_long_prefill_takes_at_most_the_threshold_and_a_short_chat_goes_beside_it(tiny_model, tokens, preprocessor):
+    config = EngineConfig(num_kv_blocks=512, max_num_batched_tokens=256, long_prefill_token_threshold=64)
+    engine = LLMEngine(tiny_model, tokens, config)
+    steps = Recorder(engine).steps
+    long = prompt(preprocessor, "a long story " * 400)
+    assert long.num_tokens > 1000
+    engine.add_request("long", long, GREEDY)
+    engine.step()
+    engine.step()
+    engine.add_request("short", prompt(preprocessor, "Hi!"), GREEDY)
+    first_token = None
+    for k in range(1, 5):
+        if any(o.request_id == "short" and o.new_token_ids for o in engine.step()):
+            first_token = k
+            break
+    assert first_token == 1  # prefilled whole in the next step, beside the long prompt's chunk
+    assert all(step.get("long", 0) <= 64 for step in steps)
+    assert steps[2]["long"] == 64 and set(steps[2]) == {"long", "short"}
+
+
+def test_one_long_prefill_at_a_time_and_short_prompts_pass_waiting_long_ones(tiny_model, tokens, preprocessor):
+    config = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256, long_prefill_token_threshold=64)
+    engine = LLMEngine(tiny_model, tokens, config)
+    steps = Recorder(engine).steps
+    first, second = prompt(preprocessor, "first story " * 100), prompt(preprocessor, "second tale " * 100)
+    engine.add_request("first", first, GREEDY)
+    engine.add_request("second", second, GREEDY)
+    engine.add_request("short", prompt(preprocessor, "Hello"), GREEDY)
+    engine.step()
+    assert set(steps[0]) == {"first", "short"}  # "second" waits for "first"; "short" goes past it
+    while engine.requests[("first", 0)].num_computed_tokens < first.num_tokens - 64:
+        engine.step()
+        assert "second" not in steps[-1]
+    engine.step()
+    assert "second" in steps[-1]
+
+
+def test_threshold_zero_lets_one_prompt_take_the_whole_budget(tiny_model, tokens, preprocessor):
+    config = EngineConfig(num_kv_blocks=512, max_num_batched_tokens=256, long_prefill_token_threshold=0)
+    engine = LLMEngine(tiny_model, tokens, config)
+    steps = Recorder(engine).steps
+    engine.add_request("long", prompt(preprocessor, "a long story " * 400), GREEDY)
+    engine.step()
+    assert steps == [{"long": 256}]
+
+
+def test_the_default_threshold_is_a_quarter_of_the_budget(tiny_model, tokens):
+    engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, max_num_batched_tokens=512))
+    assert engine.scheduler.long_prefill_token_threshold == 128
