@@ -6,10 +6,11 @@ block pool allow. When the pool cannot hold a running request's next tokens, the
 request is preempted: its blocks are freed and it goes back to the front of the queue, to be
 recomputed later (its full blocks usually come back from the prefix cache).
 
-No request takes more than `long_prefill_token_threshold` tokens of a step, so a long prompt
-leaves budget to the others in every step, and at most `max_num_partial_prefills` long prompts
-(more uncached tokens than the threshold) prefill at once: a short prompt that arrives behind a
-waiting long one goes first. Both follow vLLM's scheduler flags of the same names.
+While other requests run or wait, no request takes more than `long_prefill_token_threshold`
+tokens of a step, so a long prompt leaves budget to the others in every step (alone, it takes the
+whole budget); and at most `max_num_partial_prefills` long prompts (more uncached tokens than
+the threshold) prefill at once: a short prompt that arrives behind a waiting long one goes first.
+Both are vLLM's scheduler flags of the same names.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.unschedulable: list[Request] = []  # too large for the whole pool; the engine fails them
+        self._contended = False  # whether this step has more than one request to serve
         self.num_preemptions = 0
 
     def add(self, request: Request) -> None:
@@ -69,6 +71,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         preempted = False
+        self._contended = len(self.running) + len(self.waiting) > 1
         for request in list(self.running):
             if budget == 0:
                 break
@@ -120,7 +123,8 @@ class Scheduler:
             long_prefills += is_long
 
     def _chunk_size(self, request: Request, budget: int) -> int:
-        return min(request.num_tokens - request.num_computed_tokens, budget, self.long_prefill_token_threshold)
+        cap = self.long_prefill_token_threshold if self._contended else budget
+        return min(request.num_tokens - request.num_computed_tokens, budget, cap)
 
     def _is_long_prefill(self, request: Request) -> bool:
         return request.num_tokens - request.num_computed_tokens > self.long_prefill_token_threshold

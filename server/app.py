@@ -12,14 +12,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from server import chat
+from server import chat, openapi
 from server.errors import APIError
 from server.guard import Guard
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList, completion_id
 from server.request_body import parse_json_object
 from server.state import ServerState
-from server.streaming import EventStream, race, shutting_down
+from server.streaming import ClientGone, EventStream, race, shutting_down
 
 VERSION = "0.1.0"
 
@@ -37,6 +38,7 @@ def create_app(state: ServerState) -> FastAPI:
     _add_middleware(app, state)
     _add_error_handlers(app)
     _add_routes(app, state)
+    openapi.install(app)
     return app
 
 
@@ -69,7 +71,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         )
         return ModelList(data=[card])
 
-    @app.post("/v1/chat/completions", openapi_extra=_request_body_schema())
+    @app.post("/v1/chat/completions", **openapi.chat_route_docs())
     async def chat_completions(request: Request) -> Response:
         body = await _parse_body(request)
         if state.drain.draining:
@@ -121,11 +123,6 @@ def _validation_error(errors: list) -> APIError:
     return APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param=param)
 
 
-def _request_body_schema() -> dict:
-    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> Response:
@@ -139,6 +136,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = "not_found" if error.status_code == 404 else None
         return APIError(error.status_code, str(error.detail), code=code).response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, error: ClientDisconnect) -> Response:
+        return ClientGone().response()  # while its body was read: nobody reads this answer
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:

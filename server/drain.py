@@ -1,7 +1,7 @@
 """The drain: whether the server has stopped taking work, and when its open responses must end.
 
-server/lifecycle.py begins it on SIGTERM (ending responses a little before uvicorn's graceful
-deadline) or at once when the engine dies; server/streaming.py ends responses on it.
+server/lifecycle.py begins it on SIGTERM and when the engine dies; responses still open a little
+before uvicorn's graceful deadline are ended by server/streaming.py.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ class Drain:
         self.draining = False
         self.deadline = asyncio.Event()
 
-    def begin(self, immediately: bool = False) -> None:
+    def begin(self) -> None:
         """On the event loop: stop taking work; end open responses in time for uvicorn's deadline."""
         if self.draining:
-            if immediately:
-                self.deadline.set()
             return
         self.draining = True
         margin = min(1.0, self.graceful_timeout / 10)
-        delay = 0.0 if immediately else max(0.0, self.graceful_timeout - margin)
-        asyncio.get_running_loop().call_later(delay, self.deadline.set)
+        asyncio.get_running_loop().call_later(max(0.0, self.graceful_timeout - margin), self.deadline.set)

@@ -1,4 +1,5 @@
-"""The server process's life: a drain that ends open responses properly, and exit when the engine dies.
+"""The server process's life: a drain that ends open responses properly, exit when the engine dies,
+and freed memory handed back (server/memory.py).
 
 On SIGTERM (or SIGINT) uvicorn stops accepting connections and waits up to `--graceful-timeout`
 for the open ones, then cancels what is left, which cuts a stream off without its last event.
@@ -19,6 +20,7 @@ import uvicorn
 
 from engine.async_engine import AsyncEngine
 from server.drain import Drain
+from server.memory import trim_now_and_then
 
 log = logging.getLogger("monovl")
 
@@ -35,17 +37,18 @@ class Server(uvicorn.Server):
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
-        watcher = asyncio.create_task(self._stop_when_the_engine_dies())
+        helpers = [asyncio.create_task(self._stop_when_the_engine_dies()), asyncio.create_task(trim_now_and_then())]
         try:
             await super().serve(sockets)
         finally:
-            watcher.cancel()
+            for helper in helpers:
+                helper.cancel()
 
     async def _stop_when_the_engine_dies(self) -> None:
         error = await self.engine.wait_until_dead()
         log.critical("the engine stopped (%s: %s); the server exits", type(error).__name__, error)
         self.engine_died = True
-        self.drain.begin(immediately=True)
+        self.drain.begin()  # open requests end on their own: the engine has sent each its error
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -201,6 +201,17 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

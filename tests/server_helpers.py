@@ -22,10 +22,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model: Path | None, *args: str, env: dict | None = None, startup_s: float = 60) -> None:
+    def __init__(
+        self,
+        model: Path | None,
+        *args: str,
+        env: dict | None = None,
+        startup_s: float = 60,
+        module: str = "server.cli",  # tests.fault_injection runs the same command with a fault in it
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         if model is not None:
             cmd += ["--model", str(model)]
         # A file, not a pipe: nobody reads the log while the server runs, and a full pipe would block it.
@@ -49,6 +56,16 @@ class ServerProcess:
         text = httpx.get(f"{self.url}/metrics").text
         samples = [line for line in text.splitlines() if line.startswith(name + "{") and label in line]
         return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
+
+    def resident_mib(self, peak: bool = False) -> float:
+        """The server's resident memory now, or its peak since `reset_peak`."""
+        key = "VmHWM:" if peak else "VmRSS:"
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
+
+    def reset_peak(self) -> None:
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current RSS
 
     def output(self) -> str:
         self.log.seek(0)

@@ -31,7 +31,7 @@ def send(server, body) -> httpx.Response:
 def test_hostile_request_gets_a_quick_4xx(server, tiny_dir, name, body):
     started = time.perf_counter()
     response = send(server, body)
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 2
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:300])
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and isinstance(error["message"], str)

@@ -42,6 +42,7 @@ def test_a_long_prefill_takes_at_most_the_threshold_and_a_short_chat_goes_beside
     engine.add_request("long", long, GREEDY)
     engine.step()
     engine.step()
+    assert steps == [{"long": 256}, {"long": 256}]  # alone, it takes the whole budget
     engine.add_request("short", prompt(preprocessor, "Hi!"), GREEDY)
     first_token = None
     for k in range(1, 5):
@@ -49,8 +50,8 @@ def test_a_long_prefill_takes_at_most_the_threshold_and_a_short_chat_goes_beside
             first_token = k
             break
     assert first_token == 1  # prefilled whole in the next step, beside the long prompt's chunk
-    assert all(step.get("long", 0) <= 64 for step in steps)
     assert steps[2]["long"] == 64 and set(steps[2]) == {"long", "short"}
+    assert all(step["long"] <= 64 for step in steps[2:])
 
 
 def test_one_long_prefill_at_a_time_and_short_prompts_pass_waiting_long_ones(tiny_model, tokens, preprocessor):
@@ -70,11 +71,12 @@ def test_one_long_prefill_at_a_time_and_short_prompts_pass_waiting_long_ones(tin
     assert "second" in steps[-1]
 
 
-def test_threshold_zero_lets_one_prompt_take_the_whole_budget(tiny_model, tokens, preprocessor):
+def test_threshold_zero_lets_a_prompt_take_the_whole_budget_beside_others(tiny_model, tokens, preprocessor):
     config = EngineConfig(num_kv_blocks=512, max_num_batched_tokens=256, long_prefill_token_threshold=0)
     engine = LLMEngine(tiny_model, tokens, config)
     steps = Recorder(engine).steps
     engine.add_request("long", prompt(preprocessor, "a long story " * 400), GREEDY)
+    engine.add_request("short", prompt(preprocessor, "Hi!"), GREEDY)
     engine.step()
     assert steps == [{"long": 256}]
 
