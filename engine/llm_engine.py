@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -176,6 +177,7 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         chunks = self.scheduler.schedule()
         outputs = []
         for request in self.scheduler.unschedulable:
@@ -189,7 +191,9 @@ class LLMEngine:
         except Exception as error:  # one bad request must not fail the batch: find it by rerunning alone
             self.runner.check_device()
             return outputs + self._isolate_failure(chunks, error)
-        return outputs + self._postprocess(chunks, logits)
+        outputs += self._postprocess(chunks, logits)
+        self.scheduler.step_took(time.perf_counter() - started)
+        return outputs
 
     def _postprocess(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
         sampling = [c.request for c in chunks if c.samples]

@@ -10,7 +10,8 @@ While other requests run or wait, no request takes more than `long_prefill_token
 tokens of a step, so a long prompt leaves budget to the others in every step (alone, it takes the
 whole budget); and at most `max_num_partial_prefills` long prompts (more uncached tokens than
 the threshold) prefill at once: a short prompt that arrives behind a waiting long one goes first.
-Both are vLLM's scheduler flags of the same names.
+Both are vLLM's scheduler flags of the same names. While other requests run or wait, long
+prompts' chunks get half of the engine's time (`step_took`), so the others' tokens keep coming.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.unschedulable: list[Request] = []  # too large for the whole pool; the engine fails them
         self._contended = False  # whether this step has more than one request to serve
+        self._long_chunk = False  # whether a long prompt's chunk is in this step
+        self._owed_to_others = 0.0  # seconds of steps without a long chunk owed to the other requests
         self.num_preemptions = 0
 
     def add(self, request: Request) -> None:
@@ -72,11 +75,17 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
         preempted = False
         self._contended = len(self.running) + len(self.waiting) > 1
+        pause_long = self._contended and self._owed_to_others > 0
+        self._long_chunk = False
         for request in list(self.running):
             if budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
+            if self._is_long_prefill(request):
+                if pause_long:
+                    continue
+                self._long_chunk = True
             num_tokens = self._chunk_size(request, budget)
             while not self.block_pool.allocate(request, num_tokens):
                 victim = self.running[-1]
@@ -92,7 +101,20 @@ class Scheduler:
         # After a preemption the pool is full: admitting new work would only preempt again.
         if not preempted:
             self._admit(chunks, budget)
+        if pause_long and not chunks:  # nobody else could run after all: the long prompt goes on
+            self._owed_to_others = 0.0
+            return self.schedule()
         return chunks
+
+    def step_took(self, seconds: float) -> None:
+        """The engine's report of the step just run. A step with a long prompt's chunk costs many
+        decode steps (the chunk attends to all of the prompt so far), so while other requests run or
+        wait, the next long chunk waits until steps without one have taken as long: half the time
+        each, and a request that arrives during a long chunk is served before the next one."""
+        if self._long_chunk:
+            self._owed_to_others = seconds
+        else:
+            self._owed_to_others = max(0.0, self._owed_to_others - seconds)
 
     def _admit(self, chunks: list[ScheduledChunk], budget: int) -> None:
         """Waiting requests in arrival order, while the budget, max_num_seqs and the pool allow."""

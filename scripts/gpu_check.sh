@@ -8,7 +8,9 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 shape=(--hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 --vocab 92553 --dtype bfloat16)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cuda_tests.log"
+# The CUDA tests, and a real device-side assert: the server must end its streams and exit 1.
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_isolation.py::test_a_dead_device_ends_open_requests_and_the_process_exits_1" \
+    2>&1 | tee "$out/cuda_tests.log"
 {
     python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --profile
     python3 -m benchmarks.roofline "${shape[@]}" --steps 128 --fast-path none

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -79,6 +80,15 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         return self.output()
+
+
+def raw_request(server: ServerProcess, body: dict) -> socket.socket:
+    """A chat request on a socket of its own, unread: the caller reads, or leaves by closing it."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return sock
 
 
 def data_url(png: bytes) -> str:

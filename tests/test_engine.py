@@ -56,7 +56,11 @@ def test_batch_of_16_mixed_requests_equals_each_alone(tiny_model, tokens, worklo
 
 
 def test_a_small_pool_preempts_and_still_gives_the_same_tokens(tiny_model, tokens, workload, alone):
-    engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=180, max_num_batched_tokens=256))
+    # Every prompt admitted at once and prefilled as fast as the budget allows: the pool runs short.
+    config = EngineConfig(
+        num_kv_blocks=180, max_num_batched_tokens=256, long_prefill_token_threshold=0, max_num_partial_prefills=16
+    )
+    engine = LLMEngine(tiny_model, tokens, config)
     batched = run(engine, staggered(workload))
     assert engine.scheduler.num_preemptions > 0
     assert_same_tokens(batched, alone)

@@ -10,10 +10,11 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from tests.conftest import png_bytes
 from tests.hostile import data_url, image_message
-from tests.server_helpers import ServerProcess
+from tests.server_helpers import ServerProcess, raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -40,14 +41,6 @@ def wait_for(condition, timeout: float) -> float | None:
             return time.perf_counter() - started
         time.sleep(0.05)
     return None
-
-
-def raw_request(server: ServerProcess, body: dict, extra_headers: bytes = b"") -> socket.socket:
-    data = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    sock.sendall(head + extra_headers + b"Content-Length: %d\r\n\r\n" % len(data) + data)
-    return sock
 
 
 def test_the_context_is_the_configs_as_vllm_derives_it(server):
@@ -244,11 +237,15 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_done(tiny_dir):
         process.stop()
 
 
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="a real device-side assert needs CUDA")
+
+
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_dead_device_ends_open_requests_and_the_process_exits_1(tiny_dir, tmp_path, stream):
+@pytest.mark.parametrize(("fault", "device"), [("lost", "cpu"), pytest.param("device-assert", "cuda", marks=CUDA_ONLY)])
+def test_a_dead_device_ends_open_requests_and_the_process_exits_1(tiny_dir, tmp_path, stream, fault, device):
     trigger = tmp_path / "fail-now"
-    env = {"MONOVL_FAULT_TRIGGER": str(trigger), "MONOVL_FAULT": "lost"}
-    process = ServerProcess(tiny_dir, env=env, module="tests.fault_injection")
+    env = {"MONOVL_FAULT_TRIGGER": str(trigger), "MONOVL_FAULT": fault}
+    process = ServerProcess(tiny_dir, "--device", device, env=env, module="tests.fault_injection")
     body = {"messages": USER, "max_tokens": 60000, "ignore_eos": True, "stream": stream}
 
     async def main():

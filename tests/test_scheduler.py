@@ -2,6 +2,7 @@
 
 import pytest
 
+import engine.llm_engine as llm_engine
 from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
 from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage
@@ -17,41 +18,57 @@ def prompt(preprocessor, text: str):
 
 
 class Recorder:
-    """Wraps the runner: the tokens each request got in each step."""
+    """Wraps the runner: the tokens each request got in each step. Steps take one fake millisecond
+    a token on the engine's clock, so time-sharing is decided the same way on every machine."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, monkeypatch=None) -> None:
         self.steps: list[dict[str, int]] = []
+        self.clock = 0.0
         execute = engine.runner.execute
 
         def recorded(chunks):
             self.steps.append({c.request.request_id: c.num_tokens for c in chunks})
+            self.clock += 0.001 * sum(c.num_tokens for c in chunks)
             return execute(chunks)
 
         engine.runner.execute = recorded
+        if monkeypatch is not None:
+            monkeypatch.setattr(llm_engine.time, "perf_counter", lambda: self.clock)
 
 
 GREEDY = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
 
 
-def test_a_long_prefill_takes_at_most_the_threshold_and_a_short_chat_goes_beside_it(tiny_model, tokens, preprocessor):
+def test_a_short_chat_is_served_at_once_beside_a_long_prefill(tiny_model, tokens, preprocessor, monkeypatch):
     config = EngineConfig(num_kv_blocks=512, max_num_batched_tokens=256, long_prefill_token_threshold=64)
     engine = LLMEngine(tiny_model, tokens, config)
-    steps = Recorder(engine).steps
+    recorder = Recorder(engine, monkeypatch)
+    steps = recorder.steps
     long = prompt(preprocessor, "a long story " * 400)
     assert long.num_tokens > 1000
     engine.add_request("long", long, GREEDY)
     engine.step()
     engine.step()
     assert steps == [{"long": 256}, {"long": 256}]  # alone, it takes the whole budget
-    engine.add_request("short", prompt(preprocessor, "Hi!"), GREEDY)
+    engine.add_request(
+        "short", prompt(preprocessor, "Hi!"), SamplingParams(temperature=0, max_tokens=600, ignore_eos=True)
+    )
     first_token = None
     for k in range(1, 5):
         if any(o.request_id == "short" and o.new_token_ids for o in engine.step()):
             first_token = k
             break
-    assert first_token == 1  # prefilled whole in the next step, beside the long prompt's chunk
-    assert steps[2]["long"] == 64 and set(steps[2]) == {"long", "short"}
-    assert all(step["long"] <= 64 for step in steps[2:])
+    assert first_token == 1 and "long" not in steps[2]  # the short prompt's step is its own
+    while ("short", 0) in engine.requests:
+        engine.step()
+    beside = steps[2:]
+    assert all(step.get("long", 0) <= 64 for step in beside)
+    # The short chat first gets as long as the long prompt's last step took (256 fake ms); from
+    # then on, the long prompt's chunks get about half of the time.
+    shared = beside[next(k for k, step in enumerate(beside) if "long" in step) :]
+    long_time = sum(sum(step.values()) for step in shared if "long" in step)
+    other_time = sum(sum(step.values()) for step in shared if "long" not in step)
+    assert long_time >= 2 * 65 and abs(long_time - other_time) <= 65
 
 
 def test_one_long_prefill_at_a_time_and_short_prompts_pass_waiting_long_ones(tiny_model, tokens, preprocessor):
