@@ -68,7 +68,7 @@ def main() -> None:
     loaded = load_checkpoint(str(directory), args.dtype, "auto")
     chats = []
     for k, (kind, messages) in enumerate(workload(args.requests)):
-        conversation = to_conversation(ChatCompletionRequest(messages=messages), max_images=8)
+        conversation = to_conversation(ChatCompletionRequest(messages=messages), max_images=8, max_chars=2**62)
         images = [decode_data_url(url, 2**30, param) for url, param in conversation.images]
         chats.append((str(k), kind, preprocess(loaded.preprocessor, conversation, images, None)))
     config = EngineConfig(

@@ -97,6 +97,17 @@ class BlockPool:
                 self.block_hash[block] = digest
             parent = digest
 
+    def next_block_digest(self, request: Request, rope_seed: bytes) -> bytes | None:
+        """The hash the request's first block not yet in its table will have, if its tokens fill it;
+        two requests with equal ones are about to compute the same K/V."""
+        k = len(request.block_table)
+        if not self.enable_prefix_caching or (k + 1) * self.block_size > request.num_prompt_tokens:
+            return None
+        if len(request.block_hashes) < k:  # a block still in its first chunk: its hash is not known yet
+            return None
+        parent = request.block_hashes[k - 1] if k else rope_seed
+        return self._block_digest(request, k, parent)
+
     def _block_digest(self, request: Request, k: int, parent: bytes) -> bytes:
         start, end = k * self.block_size, (k + 1) * self.block_size
         h = hashlib.sha256(parent)

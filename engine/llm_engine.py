@@ -36,10 +36,11 @@ class EngineConfig:
     # None: the context the model's config declares (LLMConfig.context_length, as vLLM derives it).
     # Either way at most what the KV pool holds.
     max_model_len: int | None = None
-    # A request takes at most this many prefill tokens a step, so a long prompt leaves room in every
-    # step for the others (vLLM's flag; 0: no cap). None: a quarter of max_num_batched_tokens.
+    # While others run, a request takes at most this many prefill tokens a step, and a prompt with more
+    # is long (vLLM's flag). None or 0: max_num_batched_tokens. A smaller one shortens the steps beside
+    # a long prompt, at the cost of throughput (docs/reliability.md has both).
     long_prefill_token_threshold: int | None = None
-    # Prompts longer than the threshold that prefill at once; the others wait, shorter ones go past.
+    # Long prompts that prefill at once; further long ones wait (vLLM's flag and default).
     max_num_partial_prefills: int = 1
     enable_prefix_caching: bool = True
     vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
@@ -103,12 +104,13 @@ class LLMEngine:
         self.block_pool = BlockPool(num_blocks, block_size, self.config.enable_prefix_caching)
         self.max_model_len = self._max_model_len(num_blocks * block_size)
         budget = self.config.max_num_batched_tokens
+        threshold = self._long_prefill_token_threshold()
         self.scheduler = Scheduler(
             self.block_pool,
             self.config.max_num_seqs,
             budget,
             self._rope_seed,
-            long_prefill_token_threshold=self._long_prefill_token_threshold(),
+            long_prefill_token_threshold=threshold,
             max_num_partial_prefills=self.config.max_num_partial_prefills,
         )
         vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
@@ -299,11 +301,8 @@ class LLMEngine:
         return min(wanted, pool_tokens)
 
     def _long_prefill_token_threshold(self) -> int:
-        threshold = self.config.long_prefill_token_threshold
         budget = self.config.max_num_batched_tokens
-        if threshold is None:
-            return max(1, budget // 4)
-        return threshold or budget  # 0: no cap, as vLLM
+        return min(self.config.long_prefill_token_threshold or budget, budget)
 
     def _rope_seed(self, request: Request) -> bytes:
         """Dynamic NTK rotates a long prompt's keys by its length; such blocks are only shared at that length."""

@@ -6,12 +6,12 @@ block pool allow. When the pool cannot hold a running request's next tokens, the
 request is preempted: its blocks are freed and it goes back to the front of the queue, to be
 recomputed later (its full blocks usually come back from the prefix cache).
 
-While other requests run or wait, no request takes more than `long_prefill_token_threshold`
-tokens of a step, so a long prompt leaves budget to the others in every step (alone, it takes the
-whole budget); and at most `max_num_partial_prefills` long prompts (more uncached tokens than
-the threshold) prefill at once: a short prompt that arrives behind a waiting long one goes first.
-Both are vLLM's scheduler flags of the same names. While other requests run or wait, long
-prompts' chunks get half of the engine's time (`step_took`), so the others' tokens keep coming.
+A prompt with more uncached tokens than `long_prefill_token_threshold` is long. Short work
+(decodes, short prompts, running or waiting) is scheduled first and long prefills take the budget
+left, at most `max_num_partial_prefills` of them at once, each at most the threshold a step while
+other requests run or wait; both flags are vLLM's. And while others run, a long prefill whose
+chunks slow steps down by more than LONG_CHUNK_SLOWDOWN gets half of the engine's time
+(`step_took`), so the others' tokens keep coming.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class ScheduledChunk:
     def samples(self) -> bool:
         """Whether this chunk reaches the end of the request's tokens, so a token is sampled."""
         return self.request.num_computed_tokens + self.num_tokens == self.request.num_tokens
+
+
+# A long prompt's chunk may make a step this many times slower than the steps without one, for free.
+LONG_CHUNK_SLOWDOWN = 8
 
 
 class Scheduler:
@@ -57,6 +61,8 @@ class Scheduler:
         self._contended = False  # whether this step has more than one request to serve
         self._long_chunk = False  # whether a long prompt's chunk is in this step
         self._owed_to_others = 0.0  # seconds of steps without a long chunk owed to the other requests
+        self._short_step_s = 0.0  # recent duration of a step without a long chunk
+        self._budget = max_num_batched_tokens  # tokens left in the step being scheduled
         self.num_preemptions = 0
 
     def add(self, request: Request) -> None:
@@ -71,22 +77,46 @@ class Scheduler:
         self.block_pool.free_request(request, keep_cached)
 
     def schedule(self) -> list[ScheduledChunk]:
-        budget = self.max_num_batched_tokens
-        chunks: list[ScheduledChunk] = []
-        preempted = False
+        self._budget = self.max_num_batched_tokens
         self._contended = len(self.running) + len(self.waiting) > 1
-        pause_long = self._contended and self._owed_to_others > 0
         self._long_chunk = False
-        for request in list(self.running):
-            if budget == 0:
+        chunks: list[ScheduledChunk] = []
+        deferred: list[Request] = []  # waiting long prompts, looked up once this step
+        # Short work first (decodes, short prompts, running or waiting); long prefills take what is left.
+        preempted = self._continue([r for r in self.running if not self._is_long_prefill(r)], chunks)
+        # After a preemption the pool is full: admitting new work would only preempt again.
+        if not preempted:
+            self._admit(list(self.waiting), chunks, deferred)
+        if not preempted and (not chunks or not self._contended or self._owed_to_others == 0):
+            long_running = [r for r in self.running if self._is_long_prefill(r)]
+            self._long_chunk = bool(long_running or deferred)
+            if not self._continue(long_running, chunks):
+                self._admit(deferred, chunks, None)
+        for request in deferred:
+            if request.status is RequestStatus.WAITING:
+                self._forget_blocks(request)
+        return chunks
+
+    def step_took(self, seconds: float) -> None:
+        """The engine's report of the step just run. A step with a long prompt's chunk can cost many
+        decode steps (the chunk attends to all of the prompt so far); what it costs beyond
+        LONG_CHUNK_SLOWDOWN steps without one, steps without a long chunk repay before the next long
+        chunk, while others run: past that slowdown, a long prefill gets half of the engine's time."""
+        if self._long_chunk:
+            self._owed_to_others = max(0.0, seconds - LONG_CHUNK_SLOWDOWN * self._short_step_s)
+        else:
+            self._owed_to_others = max(0.0, self._owed_to_others - seconds)
+            self._short_step_s = seconds if self._short_step_s == 0 else 0.8 * self._short_step_s + 0.2 * seconds
+
+    def _continue(self, requests: list[Request], chunks: list[ScheduledChunk]) -> bool:
+        """Schedule running requests' next chunks; True if one had to preempt (the pool is full)."""
+        preempted = False
+        for request in requests:
+            if self._budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            if self._is_long_prefill(request):
-                if pause_long:
-                    continue
-                self._long_chunk = True
-            num_tokens = self._chunk_size(request, budget)
+            num_tokens = self._chunk_size(request, self._budget)
             while not self.block_pool.allocate(request, num_tokens):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -97,38 +127,35 @@ class Scheduler:
                     break
             if request.status is RequestStatus.RUNNING:
                 chunks.append(self._scheduled(request, num_tokens))
-                budget -= num_tokens
-        # After a preemption the pool is full: admitting new work would only preempt again.
-        if not preempted:
-            self._admit(chunks, budget)
-        if pause_long and not chunks:  # nobody else could run after all: the long prompt goes on
-            self._owed_to_others = 0.0
-            return self.schedule()
-        return chunks
+                self._budget -= num_tokens
+        return preempted
 
-    def step_took(self, seconds: float) -> None:
-        """The engine's report of the step just run. A step with a long prompt's chunk costs many
-        decode steps (the chunk attends to all of the prompt so far), so while other requests run or
-        wait, the next long chunk waits until steps without one have taken as long: half the time
-        each, and a request that arrives during a long chunk is served before the next one."""
-        if self._long_chunk:
-            self._owed_to_others = seconds
-        else:
-            self._owed_to_others = max(0.0, self._owed_to_others - seconds)
-
-    def _admit(self, chunks: list[ScheduledChunk], budget: int) -> None:
-        """Waiting requests in arrival order, while the budget, max_num_seqs and the pool allow."""
+    def _admit(self, candidates: list[Request], chunks: list[ScheduledChunk], deferred: list[Request] | None) -> None:
+        """Waiting requests in arrival order while the budget, max_num_seqs and the pool allow. With
+        `deferred`, long prompts are set aside into it; without, they are the candidates, admitted
+        while fewer than max_num_partial_prefills long prompts prefill."""
         long_prefills = sum(self._is_long_prefill(r) for r in self.running)
-        for request in list(self.waiting):
-            if budget == 0 or len(self.running) >= self.max_num_seqs:
+        # A prompt whose next block another request is computing now (the n completions of one
+        # request, a repeated prompt) waits for it, then finds it in the prefix cache.
+        being_computed = {self._next_block(r) for r in self.running if r.num_computed_tokens < r.num_prompt_tokens}
+        being_computed.discard(None)
+        for request in candidates:
+            if self._budget == 0 or len(self.running) >= self.max_num_seqs:
                 return
+            if deferred is None:  # looked up before this step's long chunks were scheduled: again
+                self._forget_blocks(request)
             if not request.block_table:
                 self.block_pool.use_cached_prefix(request, self.rope_seed(request))
-            is_long = self._is_long_prefill(request)
-            if is_long and long_prefills >= self.max_num_partial_prefills:
-                self._forget_blocks(request)  # it waits its turn among the long ones
+            if self._next_block(request) in being_computed:
+                self._forget_blocks(request)
                 continue
-            num_tokens = self._chunk_size(request, budget)
+            is_long = self._is_long_prefill(request)
+            if is_long and deferred is not None:
+                deferred.append(request)
+                continue
+            if is_long and long_prefills >= self.max_num_partial_prefills:
+                return  # it waits its turn among the long ones
+            num_tokens = self._chunk_size(request, self._budget)
             if not self.block_pool.allocate(request, num_tokens):
                 # Waiting requests hold no blocks, so others can always make progress.
                 self._forget_blocks(request)
@@ -141,8 +168,12 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks.append(self._scheduled(request, num_tokens))
-            budget -= num_tokens
+            self._budget -= num_tokens
             long_prefills += is_long
+            being_computed.add(self._next_block(request))
+
+    def _next_block(self, request: Request) -> bytes | None:
+        return self.block_pool.next_block_digest(request, self.rope_seed(request))
 
     def _chunk_size(self, request: Request, budget: int) -> int:
         cap = self.long_prefill_token_threshold if self._contended else budget

@@ -90,22 +90,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             prompt, params = await race(chat.prepare(state, body), request.receive, state.drain)
             request_id = completion_id()
             if body.stream:
-                events = _counted(state, chat.stream(state, request_id, prompt, params, body))
+                events = chat.stream(state, request_id, prompt, params, body)
                 state.in_flight += 1  # the stream holds its own count until it ends
-                return EventStream(events, state.drain, chat.error_event(shutting_down()))
+
+                def ended() -> None:
+                    state.in_flight -= 1
+
+                return EventStream(events, state.drain, chat.error_event(shutting_down()), ended)
             work = chat.complete(state, request_id, prompt, params, body.logprobs)
             answer = await race(work, request.receive, state.drain)
             return JSONResponse(answer.model_dump())
         finally:
             state.in_flight -= 1
-
-
-async def _counted(state: ServerState, events):
-    try:
-        async for event in events:
-            yield event
-    finally:
-        state.in_flight -= 1
 
 
 async def _parse_body(request: Request) -> ChatCompletionRequest:

@@ -1,31 +1,44 @@
-"""Hand freed heap memory back to the operating system now and then.
+"""Keep the heap from holding what requests freed: few malloc arenas, trimmed now and then.
 
 glibc's malloc keeps what a request freed (a large body and its JSON, decoded images, tiles and
-their normalized copies) in its arenas, one for each thread that allocated it, and returns pages
-only from the top of a heap, above a threshold that grows with the largest block freed so far. A
-server that has seen bodies and images of many sizes so holds more and more of its peaks.
-`malloc_trim(0)` returns every free page of every arena; it takes microseconds when there is
-little to return. Where the C library has no malloc_trim (musl, macOS) this does nothing.
+their normalized copies) in its arenas, and returns pages only from the top of a heap, above a
+threshold that grows with the largest block freed so far. It makes up to eight arenas per CPU,
+one for each thread that contends for one (the event loop, the engine, the preprocessing and
+resize workers, OpenMP's), each keeping its own peaks: a server that has seen images of many
+sizes holds more and more. So the server runs with two arenas, and `malloc_trim(0)` every few
+seconds returns every free page of each (microseconds when there is little to return). Where the
+C library has neither call (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 from collections.abc import Callable
 
 TRIM_INTERVAL_S = 5.0
+ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc_function(name: str) -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 
 
+def limit_arenas(arenas: int = ARENAS) -> None:
+    """Before the server starts its threads: later threads share these arenas. MALLOC_ARENA_MAX in
+    the environment, the operator's own choice, wins."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, arenas)
+
+
 async def trim_now_and_then(interval: float = TRIM_INTERVAL_S) -> None:
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is None:
         return
     while True:

@@ -33,13 +33,14 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--long-prefill-token-threshold",
         type=int,
-        help="most prefill tokens one request takes a step (default: a quarter of --max-num-batched-tokens; 0: no cap)",
+        help="most prefill tokens one request takes a step while others run; longer prompts are long "
+        "(default and 0: --max-num-batched-tokens, so long prompts are those that need more than one step)",
     )
     parser.add_argument(
         "--max-num-partial-prefills",
         type=int,
         default=1,
-        help="prompts over the threshold that prefill at once (shorter ones go past the waiting ones)",
+        help="long prompts that prefill at once; the others wait, shorter ones go past them",
     )
     parser.add_argument(
         "--max-model-len",
@@ -174,8 +175,10 @@ def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
     from server.connections import header_deadline_protocol
     from server.lifecycle import ENGINE_DIED_EXIT_STATUS, Server
+    from server.memory import limit_arenas
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limit_arenas()  # before the engine, preprocessing and OpenMP threads start (server/memory.py)
     state = build_state(args)
     engine = state.engine.engine
     runner = engine.runner

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from starlette.responses import Response
@@ -65,7 +65,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[str], drain: Drain, on_drain: str) -> None:
+    def __init__(self, events: AsyncIterator[str], drain: Drain, on_drain: str, ended: Callable[[], None]) -> None:
         # As Starlette's StreamingResponse: no body attribute, so no Content-Length.
         self.status_code = 200
         self.background = None
@@ -73,10 +73,11 @@ class EventStream(Response):
         self.events = events
         self.drain = drain
         self.on_drain = on_drain  # the error event sent when the drain ends the stream
+        self.ended = ended  # called once the stream is over, however it ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await race(self._pump(send), receive, self.drain)
         except ClientGone:
             return
@@ -84,6 +85,7 @@ class EventStream(Response):
             await _body(send, self.on_drain + "data: [DONE]\n\n")
         finally:
             await self.events.aclose()  # a stream cut off between two events: its engine request ends now
+            self.ended()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Send) -> None:

@@ -107,14 +107,12 @@ def test_n_completions_share_the_prompt_blocks(tiny_model, tokens, workload):
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=512))
     params = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=6)
     engine.add_request("n3", prompt, params)
-    # One long prompt prefills at a time (max_num_partial_prefills): the later two wait until what
-    # is left of the first one's prompt is short, and find the rest in the prefix cache.
+    # The later two wait until the first has prefilled the prompt, and find it in the prefix cache.
     while engine.requests[("n3", 1)].block_table == []:
         engine.step()
-    threshold = engine.scheduler.long_prefill_token_threshold
-    assert engine.requests[("n3", 1)].num_cached_tokens >= prompt.num_tokens - threshold
+    assert engine.requests[("n3", 1)].num_cached_tokens == prompt.num_tokens // 16 * 16
     shared = len(set(engine.requests[("n3", 0)].block_table) & set(engine.requests[("n3", 1)].block_table))
-    assert shared >= (prompt.num_tokens - threshold) // 16
+    assert shared == prompt.num_tokens // 16
     results = run(engine, {})
     assert sorted(k[1] for k in results) == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in results.values()}) > 1  # different seeds per completion

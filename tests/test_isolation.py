@@ -151,7 +151,9 @@ def test_a_body_that_stalls_gets_a_408(server):
     sock.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"messages"')
     sock.settimeout(5)
     started = time.perf_counter()
-    answer = sock.recv(4096)
+    answer = b""
+    while chunk := sock.recv(4096):  # the server closes the connection after its answer
+        answer += chunk
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
     assert time.perf_counter() - started < 4  # --body-timeout 2
     sock.close()
@@ -184,7 +186,7 @@ def _first_token_time(sock: socket.socket, arrived: list[float]) -> None:
 
 
 def test_a_short_chat_goes_beside_a_long_prefill(tiny_dir):
-    long_server = ServerProcess(tiny_dir, "--max-num-batched-tokens", "256")  # threshold 64 tokens a step
+    long_server = ServerProcess(tiny_dir, "--max-num-batched-tokens", "256")
     try:
         long_prompt = {"messages": [{"role": "user", "content": "story " * 12000}], "max_tokens": 2, "stream": True}
         sock = raw_request(long_server, long_prompt)
