@@ -219,8 +219,7 @@ class LLMEngine:
             result = sample(logits, [request])
         except Exception:
             log.exception("request %s failed while sampling", request.request_id)
-            request.finish("error", "internal error while sampling the next token")
-            return self._output(request)
+            return self._fail(request, "internal error while sampling the next token")
         return self._append(request, result.token_ids[0], result.logprobs[0])
 
     def _append(self, request: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
@@ -229,10 +228,10 @@ class LLMEngine:
         request.token_ids.append(token)
         try:
             self._check_finished(request, token)
+            return self._output(request)
         except Exception:  # detokenizing one request's token must not stop the others
             log.exception("request %s failed after sampling token %d", request.request_id, token)
-            request.finish("error", "internal error while detokenizing the output")
-        return self._output(request)
+            return self._fail(request, "internal error while detokenizing the output")
 
     def _check_finished(self, request: Request, token: int) -> None:
         stop_string = request.detokenizer.append(token)
@@ -264,6 +263,24 @@ class LLMEngine:
             self._retire(request)
         return output
 
+    def _fail(self, request: Request, error: str) -> RequestOutput:
+        """End a request whose step failed; its output touches nothing that may have failed."""
+        request.finish("error", error)
+        self._retire(request)
+        return RequestOutput(
+            request_id=request.request_id,
+            index=request.index,
+            new_token_ids=[],
+            new_text="",
+            new_logprobs=[],
+            finished=True,
+            finish_reason="error",
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+            error=error,
+        )
+
     def _retire(self, request: Request) -> None:
         """Free a finished request's blocks and forget it."""
         self.scheduler.remove(request, keep_cached=request.finish_reason != "error")
@@ -274,8 +291,7 @@ class LLMEngine:
         if len(chunks) == 1:
             request = chunks[0].request
             log.exception("request %s failed", request.request_id, exc_info=error)
-            request.finish("error", f"internal error while running the model: {type(error).__name__}")
-            return [self._output(request)]
+            return [self._fail(request, f"internal error while running the model: {type(error).__name__}")]
         outputs = []
         for chunk in chunks:
             try:

@@ -271,3 +271,28 @@ def test_check_device_raises_for_a_device_that_cannot_compute():
 
     with pytest.raises(DeviceError, match="meta"):
         ModelRunner.check_device(Runner())
+
+
+def test_a_fault_while_building_one_request_s_output_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
+    from engine.detokenizer import IncrementalDetokenizer
+    from engine.sampling_params import SamplingParams
+    from preprocessing.chat_template import ChatMessage
+    from tests.engine_helpers import run
+
+    engine = _engine(tiny_model, preprocessor)
+    prompt = preprocessor.process([ChatMessage.text("user", "Hi!")], [])
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    alone = run(_engine(tiny_model, preprocessor), {0: [("good", prompt, params)]})[("good", 0)].token_ids
+    real = IncrementalDetokenizer.take_delta
+    engine.add_request("bad", prompt, params)
+    poisoned = engine.requests[("bad", 0)].detokenizer
+
+    def take_delta(self, finished):
+        if self is poisoned and len(self.ids) >= 2:
+            raise RuntimeError("injected output fault")
+        return real(self, finished)
+
+    monkeypatch.setattr(IncrementalDetokenizer, "take_delta", take_delta)
+    done = run(engine, {0: [("good", prompt, params)]})
+    assert done[("bad", 0)].finish_reason == "error" and done[("good", 0)].token_ids == alone
+    assert engine.num_free_blocks == 64
