@@ -83,8 +83,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--graceful-timeout",
         type=float,
-        default=30.0,
-        help="seconds to finish work on SIGTERM; responses still open then end with an error event or a 503",
+        default=float(os.environ.get("MONOVL_GRACEFUL_TIMEOUT", 30.0)),
+        help="seconds to finish work on SIGTERM; responses still open then end with an error event or a 503 "
+        "(or MONOVL_GRACEFUL_TIMEOUT; keep it below the container's stop timeout)",
     )
     parser.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers (408)"

@@ -1,5 +1,6 @@
 """The Dockerfile lints clean and docker-compose.yml agrees with the CLI (no Docker daemon here)."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -31,20 +32,51 @@ def test_dockerfile_serves_on_the_cli_port_with_the_health_path_as_non_root():
     assert "USER 1000" in text
 
 
-def test_compose_agrees_with_the_cli(monkeypatch):
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+def _dockerfile_env() -> dict[str, str]:
+    env, lines = {}, (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    for line in lines:
+        if line.startswith("ENV "):
+            env.update(dict(pair.split("=", 1) for pair in line[4:].split()))
+    return env
+
+
+def test_compose_agrees_with_the_cli_and_the_image(monkeypatch):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    service = compose["services"]["monovl"]
-    _, container = service["ports"][0].split(":")
-    assert int(container) == DEFAULT_PORT == int(service["environment"]["MONOVL_PORT"])
-    assert HEALTH_PATH in " ".join(service["healthcheck"]["test"]) and f":{DEFAULT_PORT}/" in " ".join(
-        service["healthcheck"]["test"]
-    )
-    assert "model-cache" in compose["volumes"] and service["volumes"][0].startswith("model-cache:")
-    env = service["environment"]
-    assert {"MONOVL_MODEL", "MONOVL_API_KEY", "HF_HOME"} <= set(env)
+    cpu, gpu = compose["services"]["monovl"], compose["services"]["monovl-gpu"]
+    assert "profiles" not in cpu and gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["args"]["TORCH_INDEX"].startswith("cu") and "nvidia/cuda" in gpu["build"]["args"]["BASE_IMAGE"]
+    reservation = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+    assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
+    for service in (cpu, gpu):
+        bind, container = re.fullmatch(r"(\$\{[^}]*\}):\$\{[^}]*\}:(\d+)", service["ports"][0]).groups()
+        assert bind == "${MONOVL_BIND:-127.0.0.1}"  # loopback unless the operator says otherwise
+        env = service["environment"]
+        assert int(container) == DEFAULT_PORT == int(env["MONOVL_PORT"])
+        assert "healthcheck" not in service  # the image's own
+        assert _seconds(service["stop_grace_period"]) > float(env["MONOVL_GRACEFUL_TIMEOUT"])
+        assert service["volumes"][0].startswith("model-cache:") and {"MONOVL_MODEL", "MONOVL_API_KEY"} <= set(env)
+    assert "model-cache" in compose["volumes"]
     # the environment names compose sets are the ones `monovl serve` reads
-    monkeypatch.setenv("MONOVL_MODEL", "OpenGVLab/Mono-InternVL-2B")
-    monkeypatch.setenv("MONOVL_API_KEY", "secret")
-    monkeypatch.setenv("MONOVL_PORT", "9001")
+    for name, value in {"MONOVL_MODEL": "OpenGVLab/Mono-InternVL-2B", "MONOVL_API_KEY": "secret",
+                        "MONOVL_PORT": "9001", "MONOVL_GRACEFUL_TIMEOUT": "12.5"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
     args = build_parser().parse_args(["serve"])
-    assert (args.model, args.api_key, args.port) == ("OpenGVLab/Mono-InternVL-2B", "secret", 9001)
+    assert (args.model, args.api_key, args.port, args.graceful_timeout) == (
+        "OpenGVLab/Mono-InternVL-2B",
+        "secret",
+        9001,
+        12.5,
+    )
+
+
+def test_the_image_ends_streams_within_dockers_default_stop_timeout():
+    text = (ROOT / "Dockerfile").read_text()
+    assert float(_dockerfile_env()["MONOVL_GRACEFUL_TIMEOUT"]) < 10  # docker and podman stop: 10 s
+    assert "STOPSIGNAL SIGTERM" in text and "org.opencontainers.image.title" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_INDEX}" in text
+    assert '--index-url "${TORCH_INDEX_URL}"' in text
