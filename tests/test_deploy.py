@@ -1,0 +1,58 @@
+"""deploy/: the Kubernetes manifests validate against the Kubernetes schemas and agree with the
+server (port, health path, graceful timeout, the metric the autoscaler reads)."""
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from server.metrics import Metrics
+from server.serve import DEFAULT_PORT, HEALTH_PATH
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+
+
+def documents() -> list[dict]:
+    return [doc for path in sorted(DEPLOY.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def by_kind(kind: str) -> dict:
+    (found,) = [doc for doc in documents() if doc["kind"] == kind]
+    return found
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda doc: f"{doc['kind']}/{doc['metadata']['name']}")
+def test_each_manifest_validates_against_the_kubernetes_schemas(doc):
+    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_deployment_asks_for_a_gpu_and_probes_health_with_room_for_a_model_load():
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["ports"][0]["containerPort"] == DEFAULT_PORT
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == HEALTH_PATH
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60  # a 2B download and load
+    graceful = float(next(e["value"] for e in container["env"] if e["name"] == "MONOVL_GRACEFUL_TIMEOUT"))
+    assert pod["terminationGracePeriodSeconds"] > graceful
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/models"  # the image's HF_HOME and MONOVL_CACHE are under it
+    assert (
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == by_kind("PersistentVolumeClaim")["metadata"]["name"]
+    )
+
+
+def test_the_service_and_the_autoscaler_point_at_the_deployment_and_a_metric_the_server_exports():
+    deployment, service, autoscaler = by_kind("Deployment"), by_kind("Service"), by_kind("HorizontalPodAutoscaler")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    rules = yaml.safe_load(by_kind("ConfigMap")["data"]["config.yaml"])["rules"]
+    exported = Metrics("m").render().decode()
+    for rule in rules:
+        assert f"# TYPE {rule['name']['matches']} " in exported
+    metric = autoscaler["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert metric in {rule["name"]["as"] for rule in rules}
