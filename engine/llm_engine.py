@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,10 +19,14 @@ from engine.request import Request
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
+from engine.structured_output import GrammarBatch, GrammarError, Grammars, Vocabulary
 from engine.vision_cache import VisionCache
 from model.fast_path import FastPath
 from model.forward_batch import KVCache
 from model.mono_internvl import MonoInternVL
+
+if TYPE_CHECKING:
+    import xgrammar
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class EngineConfig:
     fast_path: str = "auto"  # optional kernels (model/fast_path.py): auto, none, or norm,rotary,silu,experts
     cuda_graphs: bool = True  # replay decode steps as CUDA graphs (on CUDA, with the Triton kernel)
     cuda_graph_max_len: int = 8192  # longest context a captured decode step serves
+    # Structured outputs: JSON may carry free whitespace between its tokens (vLLM's default) or only
+    # the compact separators (the default here: a weak model cannot pad forever).
+    json_any_whitespace: bool = False
 
 
 class RequestError(ValueError):
@@ -86,6 +94,8 @@ class TokenizerInfo:
     decoder: TokenDecoder
     stop_token_ids: tuple[int, ...]  # the template's and generation_config's; ignore_eos drops them
     img_context_id: int
+    # Each id's piece for the grammar engine (Tokenizer.text_pieces); empty: no structured outputs.
+    pieces: tuple[str, ...] = ()
 
 
 class LLMEngine:
@@ -130,6 +140,8 @@ class LLMEngine:
                 max_batch=self.config.max_num_seqs,
                 max_len=min(self.config.cuda_graph_max_len, self.max_model_len),
             )
+        self.grammars = self._grammars()
+        self.grammar_batch = GrammarBatch()
         self.requests: dict[tuple[str, int], Request] = {}
 
     # ------------------------------------------------------------------ requests in
@@ -143,11 +155,24 @@ class LLMEngine:
         outside = [k for k in params.logit_bias if not 0 <= k < vocab]
         if outside:
             raise RequestError("logit_bias", f"logit_bias has token ids outside the vocabulary: {outside[:5]}")
+        if params.structured_output is not None and self.grammars is None:
+            raise RequestError("response_format", "this engine has no vocabulary for structured outputs")
+
+    def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile (or find cached) the request's grammar; RequestError if it cannot be. Thread-safe:
+        the server calls it on a worker thread, so the engine thread finds it compiled."""
+        if params.structured_output is None or self.grammars is None:
+            return
+        try:
+            self.grammars.compile(params.structured_output)
+        except GrammarError as e:
+            raise RequestError("response_format", str(e), "invalid_grammar") from None
 
     def add_request(self, request_id: str, prompt: PromptInputs, params: SamplingParams) -> None:
         if any(key[0] == request_id for key in self.requests):
             raise RequestError(None, f"request id {request_id!r} is already running")
         self.check_request(prompt.num_tokens, params)
+        self.compile_grammar(params)
         if params.max_tokens is None:  # as vLLM: the rest of the context
             params = replace(params, max_tokens=self.max_model_len - prompt.num_tokens)
         stop_ids = frozenset(params.stop_token_ids) | (
@@ -165,9 +190,15 @@ class LLMEngine:
                 stop_token_ids=stop_ids,
                 detokenizer=IncrementalDetokenizer(self.tokens.decoder, params.stop, params.skip_special_tokens),
                 generator=generator,
+                grammar=self._matcher(params),
             )
             self.requests[request.key] = request
             self.scheduler.add(request)
+
+    def _matcher(self, params: SamplingParams) -> xgrammar.GrammarMatcher | None:
+        if params.structured_output is None or self.grammars is None:
+            return None
+        return self.grammars.matcher(params.structured_output)  # compiled by compile_grammar
 
     def abort_request(self, request_id: str) -> None:
         for request in [r for key, r in self.requests.items() if key[0] == request_id]:
@@ -204,6 +235,7 @@ class LLMEngine:
         if not sampling:
             return []
         try:
+            self.grammar_batch.apply(logits, [r.grammar for r in sampling])
             result = sample(logits, sampling)
         except Exception:  # one request's sampling must not fail the others: sample each alone
             # A device fault queued by the forward surfaces at the first sync, which is here.
@@ -216,6 +248,7 @@ class LLMEngine:
 
     def _sample_alone(self, logits: torch.Tensor, request: Request) -> RequestOutput:
         try:
+            self.grammar_batch.apply(logits, [request.grammar])
             result = sample(logits, [request])
         except Exception:
             log.exception("request %s failed while sampling", request.request_id)
@@ -234,8 +267,14 @@ class LLMEngine:
             return self._fail(request, "internal error while detokenizing the output")
 
     def _check_finished(self, request: Request, token: int) -> None:
-        stop_string = request.detokenizer.append(token)
-        if stop_string is not None or token in request.stop_token_ids:
+        grammar = request.grammar
+        if grammar is not None and not grammar.accept_token(token):
+            raise GrammarError(f"the grammar refused token {token}, which its own mask allowed")
+        # A stop token ends the text and is not part of it (as vLLM), special or not.
+        stop_token = token in request.stop_token_ids
+        stop_string = None if stop_token else request.detokenizer.append(token)
+        done = grammar is not None and grammar.is_terminated()  # with ignore_eos too: nothing may follow
+        if stop_token or stop_string is not None or done:
             request.finish("stop")
         elif request.num_output_tokens >= request.params.max_tokens or request.num_tokens >= self.max_model_len:
             request.finish("length")
@@ -315,6 +354,14 @@ class LLMEngine:
                 pool_tokens,
             )
         return min(wanted, pool_tokens)
+
+    def _grammars(self) -> Grammars | None:
+        if not self.tokens.pieces:
+            return None
+        vocab = self.model.config.llm.vocab_size  # the logits' width: rows past the tokenizer get no text
+        pieces = (*self.tokens.pieces[:vocab], *[""] * (vocab - len(self.tokens.pieces)))
+        vocabulary = Vocabulary(pieces, tuple(self.tokens.stop_token_ids))
+        return Grammars(vocabulary, any_whitespace=self.config.json_any_whitespace)
 
     def _long_prefill_token_threshold(self) -> int:
         budget = self.config.max_num_batched_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.inputs import PromptInputs
 from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    import xgrammar
 
 
 class RequestStatus(enum.Enum):
@@ -29,6 +33,7 @@ class Request:
     stop_token_ids: frozenset[int]
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None = None
+    grammar: xgrammar.GrammarMatcher | None = None  # where the output is constrained, its matcher
     arrival_time: float = field(default_factory=time.monotonic)
     status: RequestStatus = RequestStatus.WAITING
     token_ids: list[int] = field(default_factory=list)  # prompt, then outputs

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.structured_output import StructuredOutput
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -33,6 +35,7 @@ class SamplingParams:
     max_tokens: int | None = 16  # None: the rest of the context
     logprobs: int | None = None  # None: no logprobs; k: the chosen token and the top k
     skip_special_tokens: bool = True
+    structured_output: StructuredOutput | None = None  # a grammar the output must match
 
     def __post_init__(self) -> None:
         checks = [

@@ -5,7 +5,8 @@ the default system message first when the conversation has none (an empty user o
 turn is its header alone, as in the reference), and `<|im_start|>assistant\\n`
 at the end. A message's parts render in order, joined by `\\n`; an image part renders as
 `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>`. One image and then a question
-gives exactly the reference's `<img>...</img>\\n{question}`.
+gives exactly the reference's `<img>...</img>\\n{question}`. A named turn's header is
+`{role} name={name}`, as InternLM2-chat writes the tools' turns (server/tools.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ DEFAULT_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 )
 
-Role = Literal["system", "user", "assistant"]
+# `environment` carries tool results, as InternLM2-chat's format has it (server/tools.py).
+Role = Literal["system", "user", "assistant", "environment"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,11 @@ class ImagePart:
 class ChatMessage:
     role: Role
     parts: tuple[TextPart | ImagePart, ...]
+    name: str | None = None  # a header's `name=`: the tools' turn and their results are named <|plugin|>
 
     @classmethod
-    def text(cls, role: Role, text: str) -> ChatMessage:
-        return cls(role, (TextPart(text),))
+    def text(cls, role: Role, text: str, name: str | None = None) -> ChatMessage:
+        return cls(role, (TextPart(text),), name)
 
 
 def image_block(num_tokens: int) -> str:
@@ -56,7 +59,7 @@ def image_block(num_tokens: int) -> str:
 
 def render_prompt(messages: list[ChatMessage], image_tokens: list[int]) -> str:
     """The full prompt; `image_tokens[k]` is the number of <IMG_CONTEXT> tokens of image k."""
-    if not messages or messages[0].role != "system":
+    if not messages or messages[0].role != "system" or messages[0].name is not None:
         messages = [ChatMessage.text("system", DEFAULT_SYSTEM_MESSAGE), *messages]
     rendered = []
     for message in messages:
@@ -64,7 +67,8 @@ def render_prompt(messages: list[ChatMessage], image_tokens: list[int]) -> str:
             part.text if isinstance(part, TextPart) else image_block(image_tokens[part.index]) for part in message.parts
         )
         # The reference renders an empty user or assistant turn as its role header alone.
-        closed = content or message.role == "system"
-        rendered.append(f"{IM_START}{message.role}\n{content}{IM_END if closed else ''}")
+        closed = content or message.role in ("system", "environment")
+        header = message.role if message.name is None else f"{message.role} name={message.name}"
+        rendered.append(f"{IM_START}{header}\n{content}{IM_END if closed else ''}")
     rendered.append(f"{IM_START}assistant\n")
     return "".join(rendered)

@@ -120,6 +120,17 @@ class Tokenizer:
         out.append(self.sp.decode(run))
         return "".join(out)
 
+    def text_pieces(self) -> tuple[str, ...]:
+        """Every id's piece as a grammar engine reads it: sentencepiece's own form ("▁" for a space,
+        "<0x0A>" for a byte), an added token's content, and "" for a special, control or unknown token,
+        which stand for no text."""
+        sp = self.sp
+
+        def no_text(i: int) -> bool:
+            return i in self.special_ids or (i < self.num_pieces and (sp.is_control(i) or sp.is_unknown(i)))
+
+        return tuple("" if no_text(i) else self.id_to_piece(i) for i in range(self.vocab_size))
+
     def id_to_piece(self, token_id: int) -> str:
         token = self._added_by_id.get(token_id)
         if token:

@@ -87,17 +87,17 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         state.in_flight += 1
         try:
             # Everything is refused before the response starts, so a stream fails as a plain request does.
-            prompt, params = await race(chat.prepare(state, body), request.receive, state.drain)
+            prepared = await race(chat.prepare(state, body), request.receive, state.drain)
             request_id = completion_id()
             if body.stream:
-                events = chat.stream(state, request_id, prompt, params, body)
+                events = chat.stream(state, request_id, prepared, body)
                 state.in_flight += 1  # the stream holds its own count until it ends
 
                 def ended() -> None:
                     state.in_flight -= 1
 
                 return EventStream(events, state.drain, chat.error_event(shutting_down()), ended)
-            work = chat.complete(state, request_id, prompt, params, body.logprobs)
+            work = chat.complete(state, request_id, prepared, body.logprobs)
             answer = await race(work, request.receive, state.drain)
             return JSONResponse(answer.model_dump())
         finally:
@@ -114,9 +114,27 @@ async def _parse_body(request: Request) -> ChatCompletionRequest:
 
 def _validation_error(errors: list) -> APIError:
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in _wire_path(first.get("loc", ()))]
+    if first.get("type") == "union_tag_invalid":  # the tag itself is wrong: name it
+        loc.append(str(first["ctx"]["discriminator"]).strip("'"))
     param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
     return APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param=param)
+
+
+def _wire_path(loc: tuple) -> list:
+    """The error's place in the body as the client wrote it: pydantic also names the union member
+    it tried (a role's or content part's tag, `str` or `list[...]`), which the body does not have."""
+    path = []
+    for k, part in enumerate(loc):
+        if part == "body" and k == 0:
+            continue
+        member = isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part in ("str", "dict", "list"))
+        if not member or (path and path[-1] == part):
+            path.append(part)
+    return path
+
+
+_UNION_TAGS = frozenset(["system", "developer", "user", "assistant", "tool", "text", "json_object", "json_schema"])
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.async_engine import EngineDeadError
 from engine.inputs import PromptInputs
@@ -20,6 +22,7 @@ from preprocessing.tokenizer import Tokenizer
 from server.errors import APIError, bad_request, error_body
 from server.image_urls import decode_data_url
 from server.protocol import (
+    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -29,12 +32,27 @@ from server.protocol import (
     ChunkChoice,
     DeltaMessage,
     PromptTokensDetails,
+    SystemMessage,
+    TextContentPart,
     TokenLogprobOut,
+    ToolMessage,
     TopLogprob,
     Usage,
 )
 from server.state import ServerState
+from server.structured_outputs import requested_constraint
+from server.tools import (
+    ACTION_END,
+    ACTION_START,
+    PLUGIN,
+    ChoiceReader,
+    ToolMode,
+    call_text,
+    functions_prompt,
+    tool_mode,
+)
 
+log = logging.getLogger(__name__)
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -44,33 +62,37 @@ class Conversation:
     images: list[tuple[str, str]]  # (url, param path) in order
 
 
-def to_conversation(request: ChatCompletionRequest, max_images: int, max_chars: int) -> Conversation:
-    messages, images = [], []
-    chars = 0
+def to_conversation(request: ChatCompletionRequest, mode: ToolMode, max_images: int, max_chars: int) -> Conversation:
+    messages: list[ChatMessage] = []
+    images: list[tuple[str, str]] = []
     for i, message in enumerate(request.messages):
-        role = "system" if message.role == "developer" else message.role
         content = message.content
-        if content is None and role != "assistant":
-            raise bad_request(f"messages[{i}].content is required for role {message.role}", f"messages[{i}].content")
-        if content is None or isinstance(content, str):
-            messages.append(ChatMessage.text(role, content or ""))
-            chars += len(content or "")
-            continue
-        parts: list[TextPart | ImagePart] = []
-        for j, part in enumerate(content):
-            if part.type == "text":
-                parts.append(TextPart(part.text))
-                chars += len(part.text)
-                continue
-            if role != "user":
-                raise bad_request("images are only allowed in user messages", f"messages[{i}].content[{j}]")
-            images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url"))
-            parts.append(ImagePart(len(images) - 1))
-        messages.append(ChatMessage(role, tuple(parts)))
+        if isinstance(message, ToolMessage):
+            messages.append(ChatMessage.text("environment", _text(content), name=PLUGIN))
+        elif isinstance(message, SystemMessage):
+            messages.append(ChatMessage.text("system", _text(content)))
+        elif isinstance(message, AssistantMessage):
+            calls = [call_text(c.function.name, c.function.arguments) for c in message.tool_calls or []]
+            messages.append(ChatMessage.text("assistant", _text(content) + "".join(calls)))
+        elif isinstance(content, str):
+            messages.append(ChatMessage.text("user", content))
+        else:
+            parts: list[TextPart | ImagePart] = []
+            for j, part in enumerate(content):
+                if part.type == "text":
+                    parts.append(TextPart(part.text))
+                    continue
+                images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url"))
+                parts.append(ImagePart(len(images) - 1))
+            messages.append(ChatMessage("user", tuple(parts)))
+    if request.tools and mode.kind != "none":  # after the conversation's own system turn, as InternLM's format
+        at = 1 if messages and messages[0].role == "system" else 0
+        messages.insert(at, ChatMessage.text("system", functions_prompt(request.tools), name=PLUGIN))
     if len(images) > max_images:
         raise bad_request(
             f"{len(images)} images in one request; the limit is {max_images}", "messages", "too_many_images"
         )
+    chars = sum(len(part.text) for m in messages for part in m.parts if isinstance(part, TextPart))
     if chars > max_chars:
         raise bad_request(
             f"the messages hold {chars} characters of text; at most {max_chars} can fit in this model's context",
@@ -78,6 +100,12 @@ def to_conversation(request: ChatCompletionRequest, max_images: int, max_chars: 
             "context_length_exceeded",
         )
     return Conversation(messages, images)
+
+
+def _text(content: str | list[TextContentPart] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "\n".join(part.text for part in content)
 
 
 def preprocess(
@@ -98,18 +126,38 @@ def preprocess(
         raise bad_request(str(e), "messages") from None
 
 
-async def prepare(state: ServerState, request: ChatCompletionRequest) -> tuple[PromptInputs, SamplingParams]:
+@dataclass(frozen=True)
+class Prepared:
+    """A request the engine can run: its prompt, sampling parameters and what reads its output."""
+
+    prompt: PromptInputs
+    params: SamplingParams
+    tools: ToolMode
+
+
+async def prepare(state: ServerState, request: ChatCompletionRequest) -> Prepared:
     """Everything that can refuse a request, cheapest first; the response starts only after it."""
     settings = state.settings
     if request.model is not None and request.model != settings.served_model_name:
         raise APIError(404, f"the model {request.model!r} does not exist", param="model", code="model_not_found")
+    if request.model_extra:
+        log.warning("fields present in the request but ignored: %s", sorted(request.model_extra)[:20])
+    mode = tool_mode(request)
+    constraint = requested_constraint(request, mode)
     try:
-        params = request.to_sampling_params()
+        params = request.to_sampling_params(constraint and constraint.output)
     except SamplingParamsError as e:
         raise bad_request(str(e), e.param) from None
+    if mode.kind == "auto":  # the call markers are special tokens: the reader needs to see them
+        params = replace(params, skip_special_tokens=False)
     engine = state.engine.engine
     _check(engine.check_request, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
-    conversation = to_conversation(request, settings.max_images_per_request, state.max_prompt_chars)
+    conversation = to_conversation(request, mode, settings.max_images_per_request, state.max_prompt_chars)
+    if constraint is not None:
+        try:
+            await state.pool.run(engine.compile_grammar, params)
+        except RequestError as e:
+            raise bad_request(str(e), constraint.param, e.code) from None
     started = time.perf_counter()
     images = [await image_bytes(state, url, param) for url, param in conversation.images]
     max_tiles = min(request.max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
@@ -117,7 +165,7 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> tuple[P
     if images:
         state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
     _check(engine.check_request, prompt.num_tokens, params)
-    return prompt, params
+    return Prepared(prompt, params, mode)
 
 
 def _check(check_request, num_prompt_tokens: int, params: SamplingParams) -> None:
@@ -195,26 +243,37 @@ def wire_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> ChoiceL
     return ChoiceLogprobs(content=content)
 
 
-async def complete(
-    state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams, wants_logprobs: bool
-) -> ChatCompletion:
+def reader(state: ServerState, mode: ToolMode) -> ChoiceReader:
+    return ChoiceReader(mode, hidden_tokens(state.preprocessor.tokenizer) if mode.kind == "auto" else ())
+
+
+@functools.cache
+def hidden_tokens(tokenizer: Tokenizer) -> tuple[str, ...]:
+    """Special tokens that auto tool mode decodes (to see the call markers) and the content drops."""
+    shown = {ACTION_START, ACTION_END, PLUGIN}
+    specials = [tokenizer.id_to_piece(i) for i in tokenizer.special_ids]
+    return tuple(sorted({t for t in specials if t and t not in shown}, key=len, reverse=True))
+
+
+async def complete(state: ServerState, request_id: str, prepared: Prepared, wants_logprobs: bool) -> ChatCompletion:
+    params = prepared.params
     tally = Tally()
-    texts: dict[int, list[str]] = {i: [] for i in range(params.n)}
+    readers = {i: reader(state, prepared.tools) for i in range(params.n)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
     reasons: dict[int, str | None] = {}
-    async for output in _outputs(state, request_id, prompt, params):
+    async for output in _outputs(state, request_id, prepared.prompt, params):
         tally.see(output, state)
-        texts[output.index].append(output.new_text)
+        readers[output.index].feed(output.new_text)
         logprobs[output.index] += output.new_logprobs
         if output.finished:
             if output.finish_reason == "error":
                 raise APIError(500, output.error or "internal error", type="server_error")
-            reasons[output.index] = output.finish_reason
+            _, reasons[output.index] = readers[output.index].finish(output.finish_reason)
     tokenizer = state.preprocessor.tokenizer
     choices = [
         Choice(
             index=i,
-            message=ChatMessageOut(content="".join(texts[i])),
+            message=ChatMessageOut(content=readers[i].content(), tool_calls=readers[i].calls),
             logprobs=wire_logprobs(tokenizer, logprobs[i]) if wants_logprobs else None,
             finish_reason=reasons.get(i),
         )
@@ -224,12 +283,14 @@ async def complete(
 
 
 async def stream(
-    state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams, request: ChatCompletionRequest
+    state: ServerState, request_id: str, prepared: Prepared, request: ChatCompletionRequest
 ) -> AsyncIterator[str]:
+    params = prepared.params
     tally = Tally()
     created = int(time.time())
     model = state.settings.served_model_name
     tokenizer = state.preprocessor.tokenizer
+    readers = {i: reader(state, prepared.tools) for i in range(params.n)}
 
     with_usage = bool(request.stream_options and request.stream_options.include_usage)
 
@@ -241,16 +302,21 @@ async def stream(
     for i in range(params.n):
         yield chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
     try:
-        async for output in _outputs(state, request_id, prompt, params):
+        async for output in _outputs(state, request_id, prepared.prompt, params):
             tally.see(output, state)
-            if output.new_text or output.new_logprobs:
+            choice = readers[output.index]
+            delta = choice.feed(output.new_text) if output.new_text else None
+            if delta is not None or output.new_logprobs:
                 lp = wire_logprobs(tokenizer, output.new_logprobs) if request.logprobs else None
-                yield chunk([ChunkChoice(index=output.index, delta=DeltaMessage(content=output.new_text), logprobs=lp)])
+                yield chunk([ChunkChoice(index=output.index, delta=delta or DeltaMessage(), logprobs=lp)])
             if output.finished:
                 if output.finish_reason == "error":
                     yield error_event(APIError(500, output.error or "internal error", "server_error"))
                     break
-                yield chunk([ChunkChoice(index=output.index, delta=DeltaMessage(), finish_reason=output.finish_reason)])
+                rest, reason = choice.finish(output.finish_reason)
+                if rest is not None:
+                    yield chunk([ChunkChoice(index=output.index, delta=rest)])
+                yield chunk([ChunkChoice(index=output.index, delta=DeltaMessage(), finish_reason=reason)])
     except APIError as e:
         yield error_event(e)
     if with_usage:

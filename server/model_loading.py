@@ -24,7 +24,7 @@ class LoadedCheckpoint:
     @property
     def tokens(self) -> TokenizerInfo:
         pre = self.preprocessor
-        return TokenizerInfo(pre.tokenizer, tuple(pre.stop_token_ids), pre.img_context_id)
+        return TokenizerInfo(pre.tokenizer, tuple(pre.stop_token_ids), pre.img_context_id, pre.tokenizer.text_pieces())
 
 
 def parse_device(name: str) -> torch.device:

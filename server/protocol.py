@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
 
 from engine.sampling_params import INT64_MAX, INT64_MIN, SamplingParams, SamplingParamsError
+from engine.structured_output import StructuredOutput
 
 
 class ImageURL(BaseModel):
@@ -37,10 +38,107 @@ MAX_STOP_CHARS = 1000
 ContentPart = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
 
 
-class ChatMessageIn(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+class FunctionCallIn(BaseModel):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCallIn(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+TextContent = str | list[TextContentPart]
+
+
+class SystemMessage(BaseModel):
+    role: Literal["system", "developer"]
+    content: TextContent
     name: str | None = None
+
+
+class UserMessage(BaseModel):
+    role: Literal["user"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: TextContent | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+
+
+class ToolMessage(BaseModel):
+    role: Literal["tool"]
+    content: TextContent
+    tool_call_id: str
+
+
+ChatMessageIn = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ResponseFormatText(BaseModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(BaseModel):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(BaseModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    # `schema` shadows a BaseModel attribute; the wire name is kept by the alias.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormatJSONSchema(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
+
+
+class StructuredOutputsParams(BaseModel):
+    """vLLM's `structured_outputs` object: exactly one constraint."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: StrictBool | None = None
 
 
 class StreamOptions(BaseModel):
@@ -48,7 +146,8 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # Unknown fields are kept to be named in the log (as vLLM does), not honoured.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     messages: list[ChatMessageIn] = Field(min_length=1)
     model: str | None = None
@@ -58,12 +157,16 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = None
     max_tokens: int | None = None
     n: int = 1
+    parallel_tool_calls: StrictBool = True
     presence_penalty: float | None = None
+    response_format: ResponseFormat | None = None
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
+    tool_choice: ToolChoice | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=256)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = None
     user: str | None = None
@@ -75,6 +178,11 @@ class ChatCompletionRequest(BaseModel):
     ignore_eos: StrictBool = False
     skip_special_tokens: StrictBool = True
     max_num_tiles: int | None = Field(default=None, ge=1, le=40)
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -93,7 +201,7 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters")
         return stop
 
-    def to_sampling_params(self) -> SamplingParams:
+    def to_sampling_params(self, structured_output: StructuredOutput | None = None) -> SamplingParams:
         """As vLLM: without max_tokens (or max_completion_tokens) a request may use the rest of the context."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
@@ -118,6 +226,7 @@ class ChatCompletionRequest(BaseModel):
             max_tokens=_or(self.max_completion_tokens, self.max_tokens),
             logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
+            structured_output=structured_output,
         )
 
 
@@ -140,9 +249,21 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobOut] | None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-tool-{uuid.uuid4().hex}")
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class Choice(BaseModel):
@@ -176,9 +297,22 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler):  # OpenAI's deltas carry only the fields that changed
