@@ -142,7 +142,7 @@ _LINE_BREAKS = {0x0A, 0x0D}
 
 
 def _without_control(piece: str) -> str:
-    """"" (no text: never allowed) for a piece that is or holds a control character."""
+    """The piece, or "" (no text: never allowed) where it is or holds a control character."""
     byte = _BYTE_PIECE.fullmatch(piece)
     codes = [int(byte[1], 16)] if byte else [ord(c) for c in piece]
     return "" if any(c < 0x20 and c not in _LINE_BREAKS for c in codes) else piece

@@ -57,7 +57,7 @@ def image_block(num_tokens: int) -> str:
     return IMG_START + IMG_CONTEXT * num_tokens + IMG_END
 
 
-def render_prompt(messages: list[ChatMessage], image_tokens: list[int]) -> str:
+def render_prompt(messages: list[ChatMessage], image_tokens: list[int], add_generation_prompt: bool = True) -> str:
     """The full prompt; `image_tokens[k]` is the number of <IMG_CONTEXT> tokens of image k."""
     if not messages or messages[0].role != "system" or messages[0].name is not None:
         messages = [ChatMessage.text("system", DEFAULT_SYSTEM_MESSAGE), *messages]
@@ -70,5 +70,6 @@ def render_prompt(messages: list[ChatMessage], image_tokens: list[int]) -> str:
         closed = content or message.role in ("system", "environment")
         header = message.role if message.name is None else f"{message.role} name={message.name}"
         rendered.append(f"{IM_START}{header}\n{content}{IM_END if closed else ''}")
-    rendered.append(f"{IM_START}assistant\n")
+    if add_generation_prompt:
+        rendered.append(f"{IM_START}assistant\n")
     return "".join(rendered)

@@ -39,11 +39,14 @@ class Preprocessor:
         digest.update(f"|tiles {lo}-{cap} size {cfg.image_size} thumb {cfg.use_thumbnail}".encode())
         return ImageInput(digest.hexdigest(), tiles_to_pixels(tiles, cfg.image_size))
 
-    def process(self, messages: list[ChatMessage], images: list[ImageInput]) -> PromptInputs:
+    def process(
+        self, messages: list[ChatMessage], images: list[ImageInput], add_generation_prompt: bool = True
+    ) -> PromptInputs:
         used = sorted(p.index for m in messages for p in m.parts if isinstance(p, ImagePart))
         if used != list(range(len(images))):
             raise ValueError(f"image parts {used} do not match the {len(images)} images given")
-        prompt = render_prompt(messages, [self.config.num_image_token * im.num_tiles for im in images])
+        image_tokens = [self.config.num_image_token * im.num_tiles for im in images]
+        prompt = render_prompt(messages, image_tokens, add_generation_prompt)
         token_ids = self.tokenizer.encode(prompt)
         return PromptInputs(prompt, token_ids, images, self._image_spans(token_ids, images))
 

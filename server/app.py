@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from server import chat, openapi
+from server import chat, openapi, tokenization
+from server import completions as text_completions
+from server.completions import Completion, CompletionRequest
+from server.completions import completion_id as cmpl_id
 from server.errors import APIError
+from server.generation import error_event
 from server.guard import Guard
-from server.protocol import ChatCompletionRequest, ModelCard, ModelList, completion_id
+from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, completion_id
 from server.request_body import parse_json_object
 from server.state import ServerState
 from server.streaming import ClientGone, EventStream, race, shutting_down
+from server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 VERSION = "0.1.0"
+T = TypeVar("T", bound=BaseModel)
+P = TypeVar("P")
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -45,7 +54,7 @@ def create_app(state: ServerState) -> FastAPI:
 def _add_routes(app: FastAPI, state: ServerState) -> None:
     started = int(time.time())
 
-    @app.get("/health")
+    @app.get("/health", responses=openapi.error_responses())
     async def health() -> Response:
         if not state.engine.is_running:
             return APIError(503, "the engine is not running", "server_error", code="engine_dead").response()
@@ -53,61 +62,110 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             return shutting_down().response()
         return JSONResponse({"status": "ok"})
 
-    @app.get("/version")
+    @app.get("/version", responses=openapi.error_responses())
     async def version() -> dict:
         return {"version": VERSION}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=openapi.error_responses())
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
-    async def models() -> ModelList:
-        card = ModelCard(
+    def card() -> ModelCard:
+        return ModelCard(
             id=state.settings.served_model_name,
             created=started,
             root=state.settings.model_path,
             max_model_len=state.max_model_len,
         )
-        return ModelList(data=[card])
 
-    @app.post("/v1/chat/completions", **openapi.chat_route_docs())
+    @app.get("/v1/models", responses=openapi.error_responses())
+    async def models() -> ModelList:
+        return ModelList(data=[card()])
+
+    @app.get("/v1/models/{model_id:path}", responses=openapi.error_responses(404))
+    async def model(model_id: str) -> ModelCard:
+        if model_id != state.settings.served_model_name:
+            raise APIError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+        return card()
+
+    @app.post("/v1/chat/completions", **openapi.body_docs(ChatCompletionRequest, ChatCompletion, streams=True))
     async def chat_completions(request: Request) -> Response:
-        body = await _parse_body(request)
-        if state.drain.draining:
-            raise shutting_down()
-        if state.in_flight >= state.settings.max_queue:
-            raise APIError(
-                503,
-                "the server is at capacity; retry later",
-                "server_error",
-                code="overloaded",
-                headers={"Retry-After": "1"},
-            )
-        state.in_flight += 1
-        try:
-            # Everything is refused before the response starts, so a stream fails as a plain request does.
-            prepared = await race(chat.prepare(state, body), request.receive, state.drain)
-            request_id = completion_id()
+        body = await _parse_body(request, ChatCompletionRequest)
+
+        def answer(prepared: chat.Prepared, request_id: str) -> AsyncIterator[str] | Awaitable[BaseModel]:
             if body.stream:
-                events = chat.stream(state, request_id, prepared, body)
-                state.in_flight += 1  # the stream holds its own count until it ends
+                return chat.stream(state, request_id, prepared, body)
+            return chat.complete(state, request_id, prepared, body.logprobs)
 
-                def ended() -> None:
-                    state.in_flight -= 1
+        return await _generate(state, request, chat.prepare(state, body), answer, completion_id())
 
-                return EventStream(events, state.drain, chat.error_event(shutting_down()), ended)
-            work = chat.complete(state, request_id, prepared, body.logprobs)
-            answer = await race(work, request.receive, state.drain)
-            return JSONResponse(answer.model_dump())
-        finally:
-            state.in_flight -= 1
+    @app.post("/v1/completions", **openapi.body_docs(CompletionRequest, Completion, streams=True))
+    async def completions(request: Request) -> Response:
+        body = await _parse_body(request, CompletionRequest)
+
+        def answer(
+            prepared: text_completions.PreparedCompletion, request_id: str
+        ) -> AsyncIterator[str] | Awaitable[BaseModel]:
+            if body.stream:
+                return text_completions.stream(state, request_id, prepared, body)
+            return text_completions.complete(state, request_id, prepared, body.echo)
+
+        return await _generate(state, request, text_completions.prepare(state, body), answer, cmpl_id())
+
+    @app.post("/tokenize", **openapi.body_docs(TokenizeRequest, TokenizeResponse))
+    async def tokenize(request: Request) -> Response:
+        body = await _parse_body(request, TokenizeRequest)
+        answer = await race(tokenization.tokenize(state, body), request.receive, state.drain)
+        return JSONResponse(answer.model_dump())
+
+    @app.post("/detokenize", **openapi.body_docs(DetokenizeRequest, DetokenizeResponse))
+    async def detokenize(request: Request) -> Response:
+        body = await _parse_body(request, DetokenizeRequest)
+        return JSONResponse((await tokenization.detokenize(state, body)).model_dump())
 
 
-async def _parse_body(request: Request) -> ChatCompletionRequest:
+async def _generate(
+    state: ServerState,
+    request: Request,
+    preparing: Coroutine[None, None, P],
+    answer: Callable[[P, str], AsyncIterator[str] | Awaitable[BaseModel]],
+    request_id: str,
+) -> Response:
+    """Admit a generation request, prepare it (racing the client), then answer it whole or as a stream."""
+    if state.drain.draining:
+        preparing.close()
+        raise shutting_down()
+    if state.in_flight >= state.settings.max_queue:
+        preparing.close()
+        raise APIError(
+            503,
+            "the server is at capacity; retry later",
+            "server_error",
+            code="overloaded",
+            headers={"Retry-After": "1"},
+        )
+    state.in_flight += 1
+    try:
+        # Everything is refused before the response starts, so a stream fails as a plain request does.
+        prepared = await race(preparing, request.receive, state.drain)
+        result = answer(prepared, request_id)
+        if isinstance(result, AsyncIterator):  # a stream holds its own count until it ends
+            state.in_flight += 1
+
+            def ended() -> None:
+                state.in_flight -= 1
+
+            return EventStream(result, state.drain, error_event(shutting_down()), ended)
+        body = await race(result, request.receive, state.drain)
+        return JSONResponse(body.model_dump())
+    finally:
+        state.in_flight -= 1
+
+
+async def _parse_body(request: Request, model: type[T]) -> T:
     data = parse_json_object(await request.body())
     try:
-        return ChatCompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise _validation_error(e.errors()) from None
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from engine.async_engine import EngineDeadError
 from engine.inputs import PromptInputs
-from engine.llm_engine import RequestError
-from engine.outputs import RequestOutput, TokenLogprob
+from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams, SamplingParamsError
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from preprocessing.image_decode import ImageError, ImageTooLarge
 from preprocessing.processor import Preprocessor
 from preprocessing.tokenizer import Tokenizer
-from server.errors import APIError, bad_request, error_body
+from server.errors import APIError, bad_request
+from server.generation import Tally, check, check_model, compile_constraint, error_event, outputs, token_text
 from server.image_urls import decode_data_url
 from server.protocol import (
     AssistantMessage,
@@ -31,7 +29,6 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
-    PromptTokensDetails,
     SystemMessage,
     TextContentPart,
     TokenLogprobOut,
@@ -109,7 +106,11 @@ def _text(content: str | list[TextContentPart] | None) -> str:
 
 
 def preprocess(
-    pre: Preprocessor, conversation: Conversation, images: list[bytes], max_tiles: int | None
+    pre: Preprocessor,
+    conversation: Conversation,
+    images: list[bytes],
+    max_tiles: int | None,
+    add_generation_prompt: bool = True,
 ) -> PromptInputs:
     """Runs in the worker pool: decode and tile every image, render and tokenize the prompt."""
     inputs = []
@@ -121,7 +122,7 @@ def preprocess(
         except ImageError as e:
             raise bad_request(str(e), param, "invalid_image") from None
     try:
-        return pre.process(conversation.messages, inputs)
+        return pre.process(conversation.messages, inputs, add_generation_prompt)
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
 
@@ -138,10 +139,7 @@ class Prepared:
 async def prepare(state: ServerState, request: ChatCompletionRequest) -> Prepared:
     """Everything that can refuse a request, cheapest first; the response starts only after it."""
     settings = state.settings
-    if request.model is not None and request.model != settings.served_model_name:
-        raise APIError(404, f"the model {request.model!r} does not exist", param="model", code="model_not_found")
-    if request.model_extra:
-        log.warning("fields present in the request but ignored: %s", sorted(request.model_extra)[:20])
+    check_model(state, request)
     mode = tool_mode(request)
     constraint = requested_constraint(request, mode)
     try:
@@ -151,28 +149,27 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> Prepare
     if mode.kind == "auto":  # the call markers are special tokens: the reader needs to see them
         params = replace(params, skip_special_tokens=False)
     engine = state.engine.engine
-    _check(engine.check_request, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
+    check(engine.check_request, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
     conversation = to_conversation(request, mode, settings.max_images_per_request, state.max_prompt_chars)
-    if constraint is not None:
-        try:
-            await state.pool.run(engine.compile_grammar, params)
-        except RequestError as e:
-            raise bad_request(str(e), constraint.param, e.code) from None
-    started = time.perf_counter()
-    images = [await image_bytes(state, url, param) for url, param in conversation.images]
-    max_tiles = min(request.max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
-    prompt = await state.pool.run(preprocess, state.preprocessor, conversation, images, max_tiles)
-    if images:
-        state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
-    _check(engine.check_request, prompt.num_tokens, params)
+    await compile_constraint(state, params, constraint)
+    prompt = await build_prompt(state, conversation, request.max_num_tiles)
+    check(engine.check_request, prompt.num_tokens, params)
     return Prepared(prompt, params, mode)
 
 
-def _check(check_request, num_prompt_tokens: int, params: SamplingParams) -> None:
-    try:
-        check_request(num_prompt_tokens, params)
-    except RequestError as e:
-        raise bad_request(str(e), e.param, e.code) from None
+async def build_prompt(
+    state: ServerState, conversation: Conversation, max_num_tiles: int | None, add_generation_prompt: bool = True
+) -> PromptInputs:
+    """The conversation's images fetched and decoded, its prompt rendered and tokenized, off the loop."""
+    settings = state.settings
+    started = time.perf_counter()
+    images = [await image_bytes(state, url, param) for url, param in conversation.images]
+    max_tiles = min(max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
+    pre = state.preprocessor
+    prompt = await state.pool.run(preprocess, pre, conversation, images, max_tiles, add_generation_prompt)
+    if images:
+        state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
+    return prompt
 
 
 async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
@@ -187,51 +184,6 @@ async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
             "remote_images_disabled",
         )
     return await state.pool.run(state.remote_images.fetch, url, param)
-
-
-@dataclass
-class Tally:
-    """What the handler learns from the outputs: tokens, timings, finish reasons."""
-
-    started: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
-    last_token: float | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: dict[int, int] = field(default_factory=dict)
-
-    def see(self, output: RequestOutput, state: ServerState) -> None:
-        now = time.perf_counter()
-        if output.new_token_ids:
-            if self.first_token is None:
-                self.first_token = now
-                state.metrics.time_to_first_token.observe(now - self.started)
-            elif self.last_token is not None:
-                state.metrics.inter_token_latency.observe((now - self.last_token) / len(output.new_token_ids))
-            self.last_token = now
-        self.prompt_tokens, self.cached_tokens = output.num_prompt_tokens, output.num_cached_tokens
-        self.completion_tokens[output.index] = output.num_output_tokens
-        if output.finished:
-            state.metrics.request_finished(output, now - self.started)
-
-    def usage(self) -> Usage:
-        completion = sum(self.completion_tokens.values())
-        return Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=completion,
-            total_tokens=self.prompt_tokens + completion,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
-        )
-
-
-def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
-    piece = tokenizer.id_to_piece(token_id)
-    byte = _BYTE_PIECE.fullmatch(piece)
-    if byte:
-        raw = bytes([int(byte[1], 16)])
-        return raw.decode("utf-8", errors="backslashreplace"), list(raw)
-    text = piece.replace("\u2581", " ")
-    return text, list(text.encode())
 
 
 def wire_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> ChoiceLogprobs:
@@ -261,7 +213,7 @@ async def complete(state: ServerState, request_id: str, prepared: Prepared, want
     readers = {i: reader(state, prepared.tools) for i in range(params.n)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
     reasons: dict[int, str | None] = {}
-    async for output in _outputs(state, request_id, prepared.prompt, params):
+    async for output in outputs(state, request_id, prepared.prompt, params):
         tally.see(output, state)
         readers[output.index].feed(output.new_text)
         logprobs[output.index] += output.new_logprobs
@@ -302,7 +254,7 @@ async def stream(
     for i in range(params.n):
         yield chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
     try:
-        async for output in _outputs(state, request_id, prepared.prompt, params):
+        async for output in outputs(state, request_id, prepared.prompt, params):
             tally.see(output, state)
             choice = readers[output.index]
             delta = choice.feed(output.new_text) if output.new_text else None
@@ -322,26 +274,3 @@ async def stream(
     if with_usage:
         yield chunk([], tally.usage())
     yield "data: [DONE]\n\n"
-
-
-def error_event(error: APIError) -> str:
-    return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"
-
-
-async def _outputs(
-    state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams
-) -> AsyncIterator[RequestOutput]:
-    finished = 0
-    try:
-        async for output in state.engine.generate(request_id, prompt, params):
-            finished += output.finished
-            yield output
-    except RequestError as e:
-        raise bad_request(str(e), e.param, e.code) from None
-    except EngineDeadError:
-        raise APIError(
-            503, "the engine stopped; the server is restarting", "server_error", code="engine_dead"
-        ) from None
-    finally:
-        if finished < params.n:  # the client left (or the server failed): the rest were aborted
-            state.metrics.request_success.labels(state.metrics.model_name, "abort").inc(params.n - finished)

@@ -1,12 +1,14 @@
-"""The OpenAPI document: the chat route parses its own body (server/request_body.py), so its request
-and response schemas are declared here, with every definition they refer to under components."""
+"""The OpenAPI document. Routes with a body parse it themselves (server/request_body.py), so their
+request and response schemas are declared here, with every definition they refer to under
+components, and every error status a route answers with is described."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
-from server.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from server.protocol import ErrorResponse
 
 REF = "#/components/schemas/{model}"
 
@@ -16,23 +18,30 @@ ERRORS = {
     404: "an unknown model",
     408: "a request body that stopped arriving",
     413: "a body or an image over the limits",
+    500: "the request failed inside the engine (the server goes on)",
     503: "the server is at capacity, shutting down, or its engine stopped (`code` says which)",
 }
+# What any route may answer, whatever it does: the API key and the connection guard (server/guard.py).
+EVERY_ROUTE = (401, 408, 413, 503)
+
+_BODIES: dict[str, type[BaseModel]] = {}  # by name: the schemas' own names under components
 
 
-def chat_route_docs() -> dict:
-    """`openapi_extra` and `responses` for POST /v1/chat/completions."""
-    request = {"$ref": REF.format(model="ChatCompletionRequest")}
-    success = {
-        "description": "the completion; with `stream: true` server-sent events of chat.completion.chunk, then [DONE]",
-        "model": ChatCompletion,
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-    responses = {200: success} | {
-        status: {"model": ErrorResponse, "description": why} for status, why in ERRORS.items()
-    }
-    extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": request}}}}
-    return {"openapi_extra": extra, "responses": responses}
+def error_responses(*statuses: int) -> dict:
+    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in (*statuses, *EVERY_ROUTE)}
+
+
+def body_docs(request: type[BaseModel], response: type[BaseModel], streams: bool = False) -> dict:
+    """`openapi_extra` and `responses` for a POST route whose body is `request`."""
+    _BODIES[request.__name__] = request
+    success: dict = {"description": "the answer", "model": response}
+    if streams:
+        success["description"] = f"the answer; with `stream: true`, server-sent events of {response.__name__} chunks"
+        success["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    body = {"$ref": REF.format(model=request.__name__)}
+    extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+    statuses = (400, 404, 500) if streams else (400, 404)
+    return {"openapi_extra": extra, "responses": {200: success} | error_responses(*statuses)}
 
 
 def install(app: FastAPI) -> None:
@@ -40,9 +49,10 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             openapi = get_openapi(title=app.title, version=app.version, routes=app.routes)
             schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
-            body = ChatCompletionRequest.model_json_schema(ref_template=REF)
-            schemas.update(body.pop("$defs", {}))
-            schemas["ChatCompletionRequest"] = body
+            for model in _BODIES.values():
+                body = model.model_json_schema(ref_template=REF)
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
             app.openapi_schema = openapi
         return app.openapi_schema
 

@@ -145,19 +145,17 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The fields the chat and text completion requests share: how tokens are chosen and constrained."""
+
     # Unknown fields are kept to be named in the log (as vLLM does), not honoured.
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    messages: list[ChatMessageIn] = Field(min_length=1)
     model: str | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = Field(default=None, max_length=300)
-    logprobs: StrictBool = False
-    max_completion_tokens: int | None = None
     max_tokens: int | None = None
     n: int = 1
-    parallel_tool_calls: StrictBool = True
     presence_penalty: float | None = None
     response_format: ResponseFormat | None = None
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
@@ -165,9 +163,6 @@ class ChatCompletionRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
-    tool_choice: ToolChoice | None = None
-    tools: list[Tool] | None = Field(default=None, max_length=256)
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = None
     user: str | None = None
 
@@ -177,7 +172,6 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = None
     ignore_eos: StrictBool = False
     skip_special_tokens: StrictBool = True
-    max_num_tiles: int | None = Field(default=None, ge=1, le=40)
     structured_outputs: StructuredOutputsParams | None = None
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
@@ -201,15 +195,15 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters")
         return stop
 
-    def to_sampling_params(self, structured_output: StructuredOutput | None = None) -> SamplingParams:
-        """As vLLM: without max_tokens (or max_completion_tokens) a request may use the rest of the context."""
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling_params(
+        self, max_tokens: int | None, logprobs: int | None, structured_output: StructuredOutput | None
+    ) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
-        logprobs = None
-        if self.logprobs:
-            logprobs = self.top_logprobs or 0
-        elif self.top_logprobs is not None:
-            raise SamplingParamsError("top_logprobs", "top_logprobs needs logprobs to be true")
         return SamplingParams(
             n=self.n,
             temperature=_or(self.temperature, 1.0),
@@ -223,11 +217,31 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             stop=tuple(stop),
             ignore_eos=self.ignore_eos,
-            max_tokens=_or(self.max_completion_tokens, self.max_tokens),
+            max_tokens=max_tokens,
             logprobs=logprobs,
             skip_special_tokens=self.skip_special_tokens,
             structured_output=structured_output,
         )
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    logprobs: StrictBool = False
+    max_completion_tokens: int | None = None
+    parallel_tool_calls: StrictBool = True
+    tool_choice: ToolChoice | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=256)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_num_tiles: int | None = Field(default=None, ge=1, le=40)  # vLLM-style extension
+
+    def to_sampling_params(self, structured_output: StructuredOutput | None = None) -> SamplingParams:
+        """As vLLM: without max_tokens (or max_completion_tokens) a request may use the rest of the context."""
+        logprobs = None
+        if self.logprobs:
+            logprobs = self.top_logprobs or 0
+        elif self.top_logprobs is not None:
+            raise SamplingParamsError("top_logprobs", "top_logprobs needs logprobs to be true")
+        return self.sampling_params(_or(self.max_completion_tokens, self.max_tokens), logprobs, structured_output)
 
 
 def _or(value, default):

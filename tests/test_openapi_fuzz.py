@@ -1,5 +1,6 @@
-"""Schemathesis against the server's own /openapi.json: for every operation, valid and invalid
-requests generated from the schema; never a 5xx, always a documented status.
+"""The server's own /openapi.json: a valid OpenAPI document (openapi-spec-validator), and
+Schemathesis against it: for every operation, valid and invalid requests generated from the
+schema; never a 5xx, always a documented status, every answer as its schema says.
 
 (Schemathesis's pytest plugin does not load under this pytest; its schema, strategies and checks
 are driven from a plain test instead.)
@@ -9,8 +10,14 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from openapi_spec_validator import validate
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error, status_code_conformance
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.server_helpers import ServerProcess
 
@@ -23,10 +30,25 @@ def server(tiny_dir):
     process.stop()
 
 
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def test_the_document_is_valid_openapi_and_every_reference_resolves(server):
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    validate(document)  # resolves every $ref, too
+    paths = document["paths"]
+    for path in ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/models/{model_id}"]:
+        assert path in paths
+    chat = paths["/v1/chat/completions"]["post"]
+    assert {"200", "400", "404", "500", "503"} <= set(chat["responses"])
+    assert "$ref" in chat["requestBody"]["content"]["application/json"]["schema"]
+
+
 def test_no_generated_request_gets_a_5xx(server):
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "GET /v1/models", "GET /health"}
+    expected = {"POST /v1/chat/completions", "POST /v1/completions", "POST /tokenize", "GET /v1/models", "GET /health"}
+    assert {op.label for op in operations} >= expected
     statuses: dict[tuple[str, int], int] = {}
     for operation in operations:
         has_body = operation.method.upper() == "POST"  # only a body can be made invalid here
@@ -38,11 +60,11 @@ def test_no_generated_request_gets_a_5xx(server):
                 response = case.call(timeout=30)
                 key = (case.operation.label, response.status_code)
                 statuses[key] = statuses.get(key, 0) + 1
-                case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+                case.validate_response(response, checks=CHECKS)
 
             no_server_error()
-    chat = "POST /v1/chat/completions"
-    assert statuses.get((chat, 200), 0) > 0 and statuses.get((chat, 400), 0) > 50  # both kinds of body were sent
+    for route in ["POST /v1/chat/completions", "POST /v1/completions"]:
+        assert statuses.get((route, 200), 0) > 0 and statuses.get((route, 400), 0) > 50  # both kinds were sent
 
 
 def test_the_server_is_healthy_with_no_kv_in_use_after(server):

@@ -1,0 +1,274 @@
+"""`/v1/completions`: text prompts (no chat template), as OpenAI's legacy API and vLLM serve them.
+
+A prompt is a string, a list of strings (one engine request each; choice `index` is
+prompt x n + i) or a list of token ids. `echo` puts the prompt's text before the completion;
+`logprobs: k` gives each generated token's logprob and the top k, in the legacy shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from engine.inputs import PromptInputs
+from engine.outputs import TokenLogprob
+from engine.sampling_params import SamplingParams, SamplingParamsError
+from preprocessing.tokenizer import Tokenizer
+from server.errors import APIError, bad_request
+from server.generation import Tally, check, check_model, compile_constraint, error_event, outputs, token_text
+from server.protocol import SamplingRequest, Usage
+from server.state import ServerState
+from server.structured_outputs import requested_constraint
+from server.tools import ToolMode
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's for text completions
+MAX_PROMPTS = 64
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] = Field(union_mode="left_to_right")
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    prompts: list[PromptInputs]
+    params: SamplingParams
+
+
+def _prompts(request: CompletionRequest) -> list[str] | list[list[int]]:
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("prompt must not be empty", "prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    if len(prompt) > MAX_PROMPTS:
+        raise bad_request(f"at most {MAX_PROMPTS} prompts in one request", "prompt")
+    return list(prompt)  # type: ignore[arg-type]
+
+
+def tokenize_prompt(tokenizer: Tokenizer, prompt: str | list[int], img_context_id: int) -> PromptInputs:
+    """Runs in the worker pool. A text completion has no images, so no image token may be in it."""
+    if isinstance(prompt, str):
+        ids, text = tokenizer.encode(prompt), prompt
+    else:
+        if not all(0 <= i < tokenizer.vocab_size for i in prompt):
+            raise bad_request(f"prompt token ids must be in [0, {tokenizer.vocab_size})", "prompt")
+        ids, text = list(prompt), tokenizer.decode(prompt, skip_special_tokens=False)
+    if img_context_id in ids:
+        raise bad_request("a text prompt cannot hold image tokens; send images to /v1/chat/completions", "prompt")
+    if not ids:
+        raise bad_request("the prompt has no tokens", "prompt")
+    return PromptInputs(text, ids, [], [])
+
+
+async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCompletion:
+    check_model(state, request)
+    if request.suffix:
+        raise bad_request("suffix is not supported by this model", "suffix")
+    if request.best_of is not None and request.best_of != request.n:
+        raise bad_request("best_of other than n is not supported", "best_of")
+    if request.echo and request.logprobs is not None:
+        raise bad_request("echo with logprobs needs prompt logprobs, which this server does not compute", "echo")
+    constraint = requested_constraint(request, ToolMode("none"))
+    max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
+    try:
+        params = request.sampling_params(max_tokens, request.logprobs, constraint and constraint.output)
+    except SamplingParamsError as e:
+        raise bad_request(str(e), e.param) from None
+    engine = state.engine.engine
+    check(engine.check_request, 1, params)
+    texts = _prompts(request)
+    chars = sum(len(t) for t in texts if isinstance(t, str))
+    if chars > state.max_prompt_chars:
+        raise bad_request(
+            f"the prompt holds {chars} characters; at most {state.max_prompt_chars} fit in this model's context",
+            "prompt",
+            "context_length_exceeded",
+        )
+    await compile_constraint(state, params, constraint)
+    tokenizer, img_context = state.preprocessor.tokenizer, state.preprocessor.img_context_id
+    prompts = [await state.pool.run(tokenize_prompt, tokenizer, t, img_context) for t in texts]
+    for prompt in prompts:
+        check(engine.check_request, prompt.num_tokens, params)
+    return PreparedCompletion(prompts, params)
+
+
+def completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+def legacy_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    tokens, values, tops, offsets = [], [], [], []
+    for lp in logprobs:
+        text = token_text(tokenizer, lp.token_id)[0]
+        tokens.append(text)
+        values.append(lp.logprob)
+        tops.append({token_text(tokenizer, i)[0]: v for i, v in lp.top_logprobs})
+        offsets.append(offset)
+        offset += len(text)
+    return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
+
+
+async def _one_prompt(
+    state: ServerState, request_id: str, k: int, prompt: PromptInputs, params: SamplingParams
+) -> AsyncIterator[tuple[int, object]]:
+    """(choice index, RequestOutput) for one prompt's n completions, then (k, Tally) at the end."""
+    tally = Tally()
+    async for output in outputs(state, f"{request_id}-{k}", prompt, params):
+        tally.see(output, state)
+        yield k * params.n + output.index, output
+    yield -1, tally
+
+
+async def _merged(
+    state: ServerState, request_id: str, prepared: PreparedCompletion
+) -> AsyncIterator[tuple[int, object]]:
+    """The outputs of every prompt as they come (the prompts run side by side in the engine)."""
+    streams = [_one_prompt(state, request_id, k, p, prepared.params) for k, p in enumerate(prepared.prompts)]
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+        except Exception as error:  # handed to the consumer, which raises it
+            await queue.put((-2, error))
+            return
+        await queue.put((-3, None))
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        done = 0
+        while done < len(tasks):
+            index, item = await queue.get()
+            if index == -2:
+                raise item  # type: ignore[misc]
+            if index == -3:
+                done += 1
+                continue
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _usage(tallies: list[Tally]) -> Usage:
+    prompt = sum(t.prompt_tokens for t in tallies)
+    completion = sum(sum(t.completion_tokens.values()) for t in tallies)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def complete(state: ServerState, request_id: str, prepared: PreparedCompletion, echo: bool) -> Completion:
+    n = prepared.params.n
+    tokenizer = state.preprocessor.tokenizer
+    count = len(prepared.prompts) * n
+    texts = {i: prepared.prompts[i // n].prompt if echo else "" for i in range(count)}
+    logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(count)}
+    reasons: dict[int, str | None] = {}
+    tallies: list[Tally] = []
+    async for index, item in _merged(state, request_id, prepared):
+        if isinstance(item, Tally):
+            tallies.append(item)
+            continue
+        texts[index] += item.new_text
+        logprobs[index] += item.new_logprobs
+        if item.finished:
+            if item.finish_reason == "error":
+                raise APIError(500, item.error or "internal error", type="server_error")
+            reasons[index] = item.finish_reason
+    wants = prepared.params.logprobs is not None
+    choices = [
+        CompletionChoice(
+            index=i,
+            text=texts[i],
+            logprobs=legacy_logprobs(tokenizer, logprobs[i], 0) if wants else None,
+            finish_reason=reasons.get(i),
+        )
+        for i in range(count)
+    ]
+    return Completion(id=request_id, model=state.settings.served_model_name, choices=choices, usage=_usage(tallies))
+
+
+async def stream(
+    state: ServerState, request_id: str, prepared: PreparedCompletion, request: CompletionRequest
+) -> AsyncIterator[str]:
+    n = prepared.params.n
+    tokenizer = state.preprocessor.tokenizer
+    created = int(time.time())
+    model = state.settings.served_model_name
+    offsets = {i: 0 for i in range(len(prepared.prompts) * n)}
+    tallies: list[Tally] = []
+
+    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+        body = Completion(id=request_id, created=created, model=model, choices=choices, usage=usage)
+        return f"data: {body.model_dump_json(exclude=None if request.include_usage else {'usage'})}\n\n"
+
+    if request.echo:
+        for i in offsets:
+            text = prepared.prompts[i // n].prompt
+            offsets[i] = len(text)
+            yield chunk([CompletionChoice(index=i, text=text)])
+    try:
+        async for index, item in _merged(state, request_id, prepared):
+            if isinstance(item, Tally):
+                tallies.append(item)
+                continue
+            if item.finished and item.finish_reason == "error":
+                yield error_event(APIError(500, item.error or "internal error", "server_error"))
+                break
+            if item.new_text or item.new_logprobs or item.finished:
+                lp = None
+                if prepared.params.logprobs is not None:
+                    lp = legacy_logprobs(tokenizer, item.new_logprobs, offsets[index])
+                offsets[index] += len(item.new_text)
+                choice = CompletionChoice(
+                    index=index,
+                    text=item.new_text,
+                    logprobs=lp,
+                    finish_reason=item.finish_reason if item.finished else None,
+                )
+                yield chunk([choice])
+    except APIError as e:
+        yield error_event(e)
+    if request.include_usage:
+        yield chunk([], _usage(tallies))
+    yield "data: [DONE]\n\n"

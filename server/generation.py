@@ -1,0 +1,122 @@
+"""What the chat and text completion endpoints share: the engine's checks, the outputs of one
+request as they come, and the tally of tokens and timings that becomes `usage` and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from engine.async_engine import EngineDeadError
+from engine.inputs import PromptInputs
+from engine.llm_engine import RequestError
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from preprocessing.tokenizer import Tokenizer
+from server.errors import APIError, bad_request, error_body
+from server.protocol import PromptTokensDetails, Usage
+from server.state import ServerState
+from server.structured_outputs import Constraint
+
+log = logging.getLogger(__name__)
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def check_model(state: ServerState, request: BaseModel) -> None:
+    """The model must be the one served; fields the server does not know are named in the log."""
+    model = getattr(request, "model", None)
+    if model is not None and model != state.settings.served_model_name:
+        raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
+    if request.model_extra:
+        log.warning("fields present in the request but ignored: %s", sorted(request.model_extra)[:20])
+
+
+async def compile_constraint(state: ServerState, params: SamplingParams, constraint: Constraint | None) -> None:
+    """Compile the request's grammar on a worker thread (the engine finds it cached); a 400 naming the
+    field that asked for it when it cannot be compiled."""
+    if constraint is None:
+        return
+    try:
+        await state.pool.run(state.engine.engine.compile_grammar, params)
+    except RequestError as e:
+        raise bad_request(str(e), constraint.param, e.code) from None
+
+
+def check(check_request, num_prompt_tokens: int, params: SamplingParams) -> None:
+    try:
+        check_request(num_prompt_tokens, params)
+    except RequestError as e:
+        raise bad_request(str(e), e.param, e.code) from None
+
+
+@dataclass
+class Tally:
+    """What the handler learns from the outputs: tokens, timings, finish reasons."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    last_token: float | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: dict[int, int] = field(default_factory=dict)
+
+    def see(self, output: RequestOutput, state: ServerState) -> None:
+        now = time.perf_counter()
+        if output.new_token_ids:
+            if self.first_token is None:
+                self.first_token = now
+                state.metrics.time_to_first_token.observe(now - self.started)
+            elif self.last_token is not None:
+                state.metrics.inter_token_latency.observe((now - self.last_token) / len(output.new_token_ids))
+            self.last_token = now
+        self.prompt_tokens, self.cached_tokens = output.num_prompt_tokens, output.num_cached_tokens
+        self.completion_tokens[output.index] = output.num_output_tokens
+        if output.finished:
+            state.metrics.request_finished(output, now - self.started)
+
+    def usage(self) -> Usage:
+        completion = sum(self.completion_tokens.values())
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+        )
+
+
+def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
+    piece = tokenizer.id_to_piece(token_id)
+    byte = _BYTE_PIECE.fullmatch(piece)
+    if byte:
+        raw = bytes([int(byte[1], 16)])
+        return raw.decode("utf-8", errors="backslashreplace"), list(raw)
+    text = piece.replace("\u2581", " ")
+    return text, list(text.encode())
+
+
+def error_event(error: APIError) -> str:
+    return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"
+
+
+async def outputs(
+    state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams
+) -> AsyncIterator[RequestOutput]:
+    finished = 0
+    try:
+        async for output in state.engine.generate(request_id, prompt, params):
+            finished += output.finished
+            yield output
+    except RequestError as e:
+        raise bad_request(str(e), e.param, e.code) from None
+    except EngineDeadError:
+        raise APIError(
+            503, "the engine stopped; the server is restarting", "server_error", code="engine_dead"
+        ) from None
+    finally:
+        if finished < params.n:  # the client left (or the server failed): the rest were aborted
+            state.metrics.request_success.labels(state.metrics.model_name, "abort").inc(params.n - finished)

@@ -1,0 +1,195 @@
+"""Tool calls: the prompt's rendering, the auto reader, and forced calls through the server with the
+OpenAI SDK and LangChain."""
+
+import json
+
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE
+from server.chat import to_conversation
+from server.protocol import ChatCompletionRequest
+from server.tools import ChoiceReader, ToolMode, tool_mode
+from tests.server_helpers import ServerProcess
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "days"],
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The forecast", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "now", "description": "The time"}},
+]
+USER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_tools_calls_and_results_render_as_internlm2_writes_them():
+    request = ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                *USER,
+                {
+                    "role": "assistant",
+                    "content": "Let me look.",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 1}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 22}'},
+            ],
+            "tools": TOOLS,
+        }
+    )
+    from preprocessing.chat_template import render_prompt
+
+    prompt = render_prompt(to_conversation(request, tool_mode(request), 8, 10**6).messages, [])
+    functions = json.dumps(
+        [
+            {"name": "get_weather", "description": "The forecast", "parameters": WEATHER},
+            {"name": "now", "description": "The time", "parameters": {"type": "object", "properties": {}}},
+        ],
+        ensure_ascii=False,
+        indent=4,
+    )
+    assert prompt == (
+        f"<|im_start|>system\n{DEFAULT_SYSTEM_MESSAGE}<|im_end|>"
+        f"<|im_start|>system name=<|plugin|>\n{functions}<|im_end|>"
+        "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>"
+        "<|im_start|>assistant\nLet me look.<|action_start|><|plugin|>\n"
+        '{"name": "get_weather", "parameters": {"city": "Paris", "days": 1}}<|action_end|><|im_end|>'
+        '<|im_start|>environment name=<|plugin|>\n{"temperature": 22}<|im_end|>'
+        "<|im_start|>assistant\n"
+    )
+
+
+def feed_all(reader: ChoiceReader, text: str, step: int = 3):
+    deltas = [reader.feed(text[k : k + step]) for k in range(0, len(text), step)]
+    rest, reason = reader.finish("stop")
+    return [d for d in [*deltas, rest] if d is not None], reason
+
+
+def test_auto_reads_internlm2_calls_and_streams_the_text_before_them():
+    text = 'Checking.<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": {"city": "Oslo"}}<|action_end|>'
+    reader = ChoiceReader(ToolMode("auto"), hidden_tokens=("<s>",))
+    deltas, reason = feed_all(reader, text)
+    streamed = "".join(d.content or "" for d in deltas)
+    assert streamed == "Checking." and reason == "tool_calls"  # no part of a marker was streamed as text
+    calls = [c for d in deltas for c in d.tool_calls or []]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Oslo"})]
+    assert reader.content() == "Checking." and reader.calls[0].id.startswith("chatcmpl-tool-")
+
+
+def test_auto_without_a_call_is_the_text():
+    for text in ["Just words <s>here.", "Broken <|action_start|><|plugin|>\n{not json<|action_end|>"]:
+        reader = ChoiceReader(ToolMode("auto"), hidden_tokens=("<s>",))
+        deltas, reason = feed_all(reader, text)
+        expected = text.replace("<s>", "")
+        assert "".join(d.content or "" for d in deltas) == expected and reason == "stop"
+        assert reader.content() == expected and reader.calls == []
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    process = ServerProcess(tiny_dir, "--served-model-name", "mono")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+
+
+def create(client, **kwargs):
+    return client.chat.completions.create(model="mono", messages=USER, tools=TOOLS, max_tokens=400, **kwargs)
+
+
+def test_required_and_named_calls_validate_plain_and_streamed(client):
+    parameters = {"get_weather": WEATHER, "now": {"type": "object", "properties": {}}}
+    answer = create(client, tool_choice="required", n=4, temperature=1.0, seed=5)
+    for choice in answer.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+        for call in choice.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), parameters[call.function.name])
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    answer = create(client, tool_choice=named, n=3, temperature=1.0, seed=5)
+    for choice in answer.choices:
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather" and choice.message.content is None
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    for choice in [named, "required"]:
+        arguments, names = {}, {}
+        for chunk in create(client, tool_choice=choice, temperature=1.0, seed=9, stream=True):
+            for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                arguments[call.index] = arguments.get(call.index, "") + (call.function.arguments or "")
+                names[call.index] = call.function.name or names.get(call.index)
+        assert arguments
+        for index, text in arguments.items():
+            jsonschema.validate(json.loads(text), parameters[names[index]])
+
+
+def test_parallel_tool_calls_false_gives_one_call(client):
+    answer = create(client, tool_choice="required", n=4, temperature=1.0, seed=2, parallel_tool_calls=False)
+    assert all(len(choice.message.tool_calls) == 1 for choice in answer.choices)
+
+
+def test_auto_with_many_tools_is_plain_text_and_a_tool_result_turn_is_accepted(client):
+    # An internal frontend's 36 built-in functions with every message, no tool_choice.
+    many = [
+        {"type": "function", "function": {"name": f"builtin_{k}", "description": "x" * 40, "parameters": WEATHER}}
+        for k in range(36)
+    ]
+    answer = client.chat.completions.create(model="mono", messages=USER, tools=many, max_tokens=20, seed=1)
+    assert answer.choices[0].message.tool_calls == [] and isinstance(answer.choices[0].message.content, str)
+    turn = [
+        *USER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": '{"temperature": 22}'}]},
+    ]
+    answer = client.chat.completions.create(model="mono", messages=turn, tools=TOOLS, max_tokens=10)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+def test_bad_tool_choices_are_400s(client):
+    with pytest.raises(openai.BadRequestError, match="not in tools"):
+        create(client, tool_choice={"type": "function", "function": {"name": "missing"}})
+    with pytest.raises(openai.BadRequestError, match="needs at least one tool"):
+        client.chat.completions.create(model="mono", messages=USER, tool_choice="required", max_tokens=5)
+
+
+class Forecast(BaseModel):
+    """A weather forecast."""
+
+    city: str = Field(max_length=12)
+    days: int = Field(ge=1, le=7)
+    sunny: bool
+
+
+def test_langchain_structured_output_in_json_schema_and_function_calling_modes(server):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="mono", base_url=f"{server.url}/v1", api_key="none", max_tokens=300, temperature=1.0, max_retries=0
+    )
+    for method in ["json_schema", "function_calling"]:
+        structured = llm.with_structured_output(Forecast, method=method)
+        for seed in range(3):
+            result = structured.invoke("Forecast for Oslo?", seed=seed)
+            assert isinstance(result, Forecast), (method, result)
