@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -26,10 +27,12 @@ from server.guard import Guard
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, completion_id
 from server.request_body import parse_json_object
 from server.state import ServerState
+from server.stats_log import log_stats_every
 from server.streaming import ClientGone, EventStream, race, shutting_down
 from server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.version import version
 
-VERSION = "0.1.0"
+VERSION = version()
 T = TypeVar("T", bound=BaseModel)
 P = TypeVar("P")
 
@@ -37,7 +40,11 @@ P = TypeVar("P")
 def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        interval = state.settings.stats_interval
+        stats = asyncio.create_task(log_stats_every(interval, state.metrics)) if interval > 0 else None
         yield
+        if stats is not None:
+            stats.cancel()
         state.drain.draining = True
         state.engine.shutdown()
         state.pool.shutdown()

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from server.tiny_checkpoint import add_shape_args, shape_from_args
+from server.version import version
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        default=os.environ.get("MONOVL_MODEL") or None,
         help="checkpoint directory or hub id (or MONOVL_MODEL; default: the tiny demo checkpoint)",
     )
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float32")
@@ -23,9 +23,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monovl", description="Serve Mono-InternVL models.")
+    parser.add_argument("--version", action="version", version=f"monovl {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    # As `vllm serve MODEL`: the model may come first, without --model.
+    serve.add_argument("model_tag", nargs="?", metavar="MODEL", help="the same as --model")
     _add_model_args(serve)
     from server.serve import add_serve_args
 
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "model"):
+        tag = getattr(args, "model_tag", None)
+        if tag and args.model and tag != args.model:
+            parser.error(f"two models given: {tag} and --model {args.model}")
+        args.model = tag or args.model or os.environ.get("MONOVL_MODEL") or None
     from model.config import ConfigError
     from model.loader import CheckpointError
     from preprocessing.image_decode import ImageError

@@ -67,6 +67,9 @@ class Tally:
 
     def see(self, output: RequestOutput, state: ServerState) -> None:
         now = time.perf_counter()
+        if output.index not in self.completion_tokens and output.index == 0:
+            state.metrics.prompt_started(output)
+        state.metrics.tokens_generated(len(output.new_token_ids))
         if output.new_token_ids:
             if self.first_token is None:
                 self.first_token = now

@@ -1,4 +1,5 @@
-"""Prometheus metrics, named as vLLM names them with our prefix."""
+"""Prometheus metrics, named as vLLM names them, under our prefix or vLLM's (`--metrics-prefix vllm`,
+so that dashboards made for vLLM read them unchanged)."""
 
 from __future__ import annotations
 
@@ -9,45 +10,47 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from engine.outputs import RequestOutput
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+PREFIXES = ("monovl", "vllm")
 
 
 class Metrics:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, prefix: str = "monovl") -> None:
+        if prefix not in PREFIXES:
+            raise ValueError(f"--metrics-prefix must be one of {', '.join(PREFIXES)}")
+        self.prefix = prefix
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         r = self.registry
+
+        def name(metric: str) -> str:
+            return f"{prefix}:{metric}"
+
+        def histogram(metric: str, doc: str, buckets: tuple, extra: list[str] | None = None) -> Histogram:
+            return Histogram(name(metric), doc, [*labels, *(extra or [])], buckets=buckets, registry=r)
+
         self.num_requests_running = Gauge(
-            "monovl:num_requests_running", "Requests in the running batch", labels, registry=r
+            name("num_requests_running"), "Requests in the running batch", labels, registry=r
         )
-        self.num_requests_waiting = Gauge("monovl:num_requests_waiting", "Requests waiting to run", labels, registry=r)
-        self.kv_cache_usage = Gauge("monovl:kv_cache_usage_perc", "Fraction of KV blocks in use", labels, registry=r)
-        self.prompt_tokens = Counter("monovl:prompt_tokens", "Prompt tokens processed", labels, registry=r)
-        self.generation_tokens = Counter("monovl:generation_tokens", "Tokens generated", labels, registry=r)
+        self.num_requests_waiting = Gauge(name("num_requests_waiting"), "Requests waiting to run", labels, registry=r)
+        self.kv_cache_usage = Gauge(name("kv_cache_usage_perc"), "Fraction of KV blocks in use", labels, registry=r)
+        self.prompt_tokens = Counter(name("prompt_tokens"), "Prompt tokens processed", labels, registry=r)
+        self.generation_tokens = Counter(name("generation_tokens"), "Tokens generated", labels, registry=r)
         self.prefix_cache_hits = Counter(
-            "monovl:prefix_cache_hits", "Prompt tokens found in the prefix cache", labels, registry=r
+            name("prefix_cache_hits"), "Prompt tokens found in the prefix cache", labels, registry=r
         )
-        self.prefix_cache_queries = Counter(
-            "monovl:prefix_cache_queries", "Prompt tokens looked up", labels, registry=r
-        )
+        self.prefix_cache_queries = Counter(name("prefix_cache_queries"), "Prompt tokens looked up", labels, registry=r)
         self.request_success = Counter(
-            "monovl:request_success", "Finished requests", [*labels, "finished_reason"], registry=r
+            name("request_success"), "Finished requests", [*labels, "finished_reason"], registry=r
         )
-        self._ttft = Histogram(
-            "monovl:time_to_first_token_seconds", "Time to first token", labels, buckets=LATENCY_BUCKETS, registry=r
+        self._ttft = histogram("time_to_first_token_seconds", "Time to first token", LATENCY_BUCKETS)
+        self._itl = histogram("inter_token_latency_seconds", "Time between tokens", LATENCY_BUCKETS)
+        self._e2e = histogram("e2e_request_latency_seconds", "Request latency", LATENCY_BUCKETS)
+        self._image = histogram(
+            "image_preprocess_seconds", "Image decode, tiling and prompt time per request", LATENCY_BUCKETS
         )
-        self._itl = Histogram(
-            "monovl:inter_token_latency_seconds", "Time between tokens", labels, buckets=LATENCY_BUCKETS, registry=r
-        )
-        self._e2e = Histogram(
-            "monovl:e2e_request_latency_seconds", "Request latency", labels, buckets=LATENCY_BUCKETS, registry=r
-        )
-        self._image = Histogram(
-            "monovl:image_preprocess_seconds",
-            "Image decode, tiling and prompt time per request",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._prompt_len = histogram("request_prompt_tokens", "Prompt tokens per request", TOKEN_BUCKETS)
+        self._output_len = histogram("request_generation_tokens", "Tokens generated per completion", TOKEN_BUCKETS)
         self.model_name = model_name
         self.time_to_first_token = self._ttft.labels(model_name)
         self.inter_token_latency = self._itl.labels(model_name)
@@ -59,15 +62,28 @@ class Metrics:
         self.num_requests_waiting.labels(self.model_name).set_function(waiting)
         self.kv_cache_usage.labels(self.model_name).set_function(usage)
 
+    def prompt_started(self, output: RequestOutput) -> None:
+        """A request's first output: its prompt was processed (counted once for its n completions)."""
+        name = self.model_name
+        self.prompt_tokens.labels(name).inc(output.num_prompt_tokens)
+        self.prefix_cache_queries.labels(name).inc(output.num_prompt_tokens)
+        self.prefix_cache_hits.labels(name).inc(output.num_cached_tokens)
+        self._prompt_len.labels(name).observe(output.num_prompt_tokens)
+
+    def tokens_generated(self, count: int) -> None:
+        if count:
+            self.generation_tokens.labels(self.model_name).inc(count)
+
     def request_finished(self, output: RequestOutput, latency: float) -> None:
         name = self.model_name
         self.request_success.labels(name, output.finish_reason or "unknown").inc()
-        self.generation_tokens.labels(name).inc(output.num_output_tokens)
         self.e2e_request_latency.observe(latency)
-        if output.index == 0:  # the n completions of a request share one prompt
-            self.prompt_tokens.labels(name).inc(output.num_prompt_tokens)
-            self.prefix_cache_queries.labels(name).inc(output.num_prompt_tokens)
-            self.prefix_cache_hits.labels(name).inc(output.num_cached_tokens)
+        self._output_len.labels(name).observe(output.num_output_tokens)
+
+    def value(self, sample: str) -> float:
+        """A sample's value now (`prompt_tokens_total`, `num_requests_running`...), 0 before it has one."""
+        value = self.registry.get_sample_value(f"{self.prefix}:{sample}", {"model_name": self.model_name})
+        return value or 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

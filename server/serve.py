@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import time
 
 import torch
 
@@ -13,7 +15,7 @@ from engine.async_engine import AsyncEngine
 from engine.llm_engine import EngineConfig, LLMEngine
 from model.forward_batch import KVCache
 from server.drain import Drain
-from server.metrics import Metrics
+from server.metrics import PREFIXES, Metrics
 from server.model_loading import LoadedCheckpoint, load_checkpoint
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
@@ -91,6 +93,22 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers (408)"
     )
     parser.add_argument(
+        "--metrics-prefix",
+        default="monovl",
+        choices=PREFIXES,
+        help="the metrics' namespace: vllm makes dashboards built for vLLM work unchanged",
+    )
+    parser.add_argument(
+        "--stats-interval", type=float, default=10.0, help="seconds between the engine's stats lines while busy"
+    )
+    parser.add_argument("--disable-log-stats", action="store_true", help="no stats lines (as vLLM's flag)")
+    parser.add_argument(
+        "--json-any-whitespace",
+        action="store_true",
+        help="structured JSON outputs may put any whitespace between tokens (vLLM's default); without it, "
+        "only the compact separators, so a model cannot pad an answer with whitespace until max_tokens",
+    )
+    parser.add_argument(
         "--body-timeout", type=float, default=30.0, help="seconds a request body may pause between chunks (408)"
     )
 
@@ -135,6 +153,7 @@ def engine_config(args: argparse.Namespace, loaded: LoadedCheckpoint) -> EngineC
         fast_path=args.fast_path,
         enable_prefix_caching=not args.no_prefix_caching,
         vision_cache_memory=args.vision_cache_memory,
+        json_any_whitespace=args.json_any_whitespace,
     )
 
 
@@ -159,8 +178,9 @@ def build_state(args: argparse.Namespace) -> ServerState:
         max_queue=args.max_queue,
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         body_timeout=args.body_timeout,
+        stats_interval=0.0 if args.disable_log_stats else args.stats_interval,
     )
-    metrics = Metrics(settings.served_model_name)
+    metrics = Metrics(settings.served_model_name, args.metrics_prefix)
     metrics.track_engine(
         lambda: len(engine.scheduler.running), lambda: len(engine.scheduler.waiting), lambda: engine.kv_cache_usage
     )
@@ -168,6 +188,43 @@ def build_state(args: argparse.Namespace) -> ServerState:
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     drain = Drain(args.graceful_timeout)
     return ServerState(settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote, drain)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, taken before the model loads; not listening yet, so connections are
+    refused (not left waiting) until the server accepts them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def log_startup(state: ServerState, args: argparse.Namespace, load_seconds: float) -> None:
+    engine = state.engine.engine
+    runner = engine.runner
+    pool_tokens = engine.block_pool.num_blocks * engine.config.block_size
+    logging.getLogger("monovl").info(
+        "serving %s on http://%s:%d: loaded in %.1f s (%s %s); KV pool %d blocks (%d tokens), context %d tokens, "
+        "maximum concurrency at the full context %.2fx; decode attention %s, fast path %s, CUDA graphs %s",
+        state.settings.served_model_name,
+        args.host,
+        args.port,
+        load_seconds,
+        engine.model.device,
+        str(engine.model.dtype).removeprefix("torch."),
+        engine.block_pool.num_blocks,
+        pool_tokens,
+        state.max_model_len,
+        pool_tokens / state.max_model_len,
+        "triton" if runner.decode_kernel is not None else "torch",
+        runner.fast,
+        f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
+    )
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -180,23 +237,10 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limit_arenas()  # before the engine, preprocessing and OpenMP threads start (server/memory.py)
+    sock = bind(args.host, args.port)  # a busy port fails now, not after minutes of loading
+    started = time.perf_counter()
     state = build_state(args)
-    engine = state.engine.engine
-    runner = engine.runner
-    logging.getLogger("monovl").info(
-        "serving %s on http://%s:%d (%s %s; KV pool %d blocks, context %d tokens; decode attention %s, "
-        "fast path %s, CUDA graphs %s)",
-        state.settings.served_model_name,
-        args.host,
-        args.port,
-        engine.model.device,
-        str(engine.model.dtype).removeprefix("torch."),
-        engine.block_pool.num_blocks,
-        state.max_model_len,
-        "triton" if runner.decode_kernel is not None else "torch",
-        runner.fast,
-        f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
-    )
+    log_startup(state, args, time.perf_counter() - started)
     # The loop stays "auto": uvloop (a dependency) when it imports, asyncio if not.
     config = uvicorn.Config(
         create_app(state),
@@ -208,6 +252,6 @@ def serve(args: argparse.Namespace) -> None:
         http=header_deadline_protocol(args.header_timeout),
     )
     server = Server(config, state.engine, state.drain)
-    server.run()
+    server.run(sockets=[sock])
     if server.engine_died:
         sys.exit(ENGINE_DIED_EXIT_STATUS)

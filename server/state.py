@@ -25,6 +25,7 @@ class ServerSettings:
     max_queue: int = 256  # requests in flight before 503
     allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = 2
+    stats_interval: float = 10.0  # seconds between the engine's stats lines in the log; 0: none
 
 
 @dataclass
