@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -27,13 +27,28 @@ log = logging.getLogger(__name__)
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
+# OpenAI fields this server cannot honour: a 400 naming them, not an answer that ignores them.
+UNSUPPORTED: dict[str, tuple[Callable[[object], bool], str]] = {
+    "audio": (lambda v: v is not None, "audio output is not supported by this model"),
+    "modalities": (lambda v: v not in (None, ["text"]), 'this model answers in text only: modalities must be ["text"]'),
+    "functions": (lambda v: v is not None, "functions is deprecated and not supported; send tools"),
+    "function_call": (lambda v: v is not None, "function_call is deprecated and not supported; send tool_choice"),
+    "web_search_options": (lambda v: v is not None, "web search is not available on this server"),
+}
+
+
 def check_model(state: ServerState, request: BaseModel) -> None:
-    """The model must be the one served; fields the server does not know are named in the log."""
+    """The model must be the one served; fields it cannot honour are refused, and fields the server
+    does not know are named in the log (as vLLM does: clients send extras)."""
     model = getattr(request, "model", None)
     if model is not None and model != state.settings.served_model_name:
         raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
-    if request.model_extra:
-        log.warning("fields present in the request but ignored: %s", sorted(request.model_extra)[:20])
+    extra = request.model_extra or {}
+    for name, (refused, why) in UNSUPPORTED.items():
+        if name in extra and refused(extra[name]):
+            raise bad_request(why, name, "unsupported_parameter")
+    if extra:
+        log.warning("fields present in the request but ignored: %s", sorted(extra)[:20])
 
 
 async def compile_constraint(state: ServerState, params: SamplingParams, constraint: Constraint | None) -> None:

@@ -151,9 +151,13 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(server):
     assert post(server, {"response_format": {"type": "text"}}).status_code == 200
 
 
-def test_unknown_fields_are_accepted_and_logged(server):
+def test_unknown_fields_are_accepted_and_logged_known_ones_it_cannot_honour_are_400s(server):
     assert post(server, {"frobnicate": {"deep": [1, 2]}, "x_client_tag": "a"}).status_code == 200
     assert "ignored: ['frobnicate', 'x_client_tag']" in server.output()
+    assert post(server, {"metadata": {"a": "b"}, "store": False, "modalities": ["text"]}).status_code == 200
+    assert_400(post(server, {"modalities": ["text", "audio"]}), "modalities", "text only")
+    assert_400(post(server, {"audio": {"voice": "alloy", "format": "wav"}}), "audio", "not supported")
+    assert_400(post(server, {"functions": [{"name": "f"}]}), "functions", "send tools")
 
 
 def test_grammar_vocabulary_has_no_raw_control_characters(tiny_dir):
