@@ -13,7 +13,7 @@ from engine.block_pool import BlockPool
 from engine.cuda_graphs import DecodeGraphs
 from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 from engine.inputs import PromptInputs
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, StepLogits
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.request import Request
 from engine.sampler import sample
@@ -220,15 +220,21 @@ class LLMEngine:
         if not chunks:
             return outputs
         try:
-            logits = self.runner.execute(chunks)
+            step = self.runner.execute(chunks)
         except Exception as error:  # one bad request must not fail the batch: find it by rerunning alone
             self.runner.check_device()
             return outputs + self._isolate_failure(chunks, error)
-        outputs += self._postprocess(chunks, logits)
+        outputs += self._postprocess(chunks, step)
         self.scheduler.step_took(time.perf_counter() - started)
         return outputs
 
-    def _postprocess(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
+    def _postprocess(self, chunks: list[ScheduledChunk], step: StepLogits) -> list[RequestOutput]:
+        for found in step.prompt:
+            request = found.request
+            if not request.prompt_logprobs:  # the first prompt token has none
+                request.prompt_logprobs = [None] * request.num_prompt_tokens
+            request.prompt_logprobs[found.start + 1 : found.start + 1 + len(found.logprobs)] = found.logprobs
+        logits = step.sample
         sampling = [c.request for c in chunks if c.samples]
         for chunk in chunks:
             chunk.request.num_computed_tokens += chunk.num_tokens
@@ -282,6 +288,7 @@ class LLMEngine:
             request.detokenizer.flush()
 
     def _output(self, request: Request) -> RequestOutput:
+        first = request.num_emitted_tokens == 0
         new_ids = request.output_token_ids[request.num_emitted_tokens :]
         request.num_emitted_tokens = request.num_output_tokens
         logprobs, request.new_logprobs = request.new_logprobs, []
@@ -297,6 +304,9 @@ class LLMEngine:
             num_output_tokens=request.num_output_tokens,
             num_cached_tokens=request.num_cached_tokens,
             error=request.error,
+            prompt_logprobs=(request.prompt_logprobs or [None] * request.num_prompt_tokens)
+            if first and request.wants_prompt_logprobs
+            else None,
         )
         if request.is_finished:
             self._retire(request)
@@ -334,11 +344,11 @@ class LLMEngine:
         outputs = []
         for chunk in chunks:
             try:
-                logits = self.runner.execute([chunk])
+                step = self.runner.execute([chunk])
             except Exception as solo_error:  # this one fails alone too: it is the culprit
                 outputs += self._isolate_failure([chunk], solo_error)
             else:
-                outputs += self._postprocess([chunk], logits)
+                outputs += self._postprocess([chunk], step)
         return outputs
 
     # ------------------------------------------------------------------ helpers

@@ -1,21 +1,41 @@
 """One forward per step: lay the scheduled chunks out as a flat `ForwardBatch`, run the model,
-and return logits for the requests that sample."""
+and return logits for the requests that sample (and the prompt logprobs of those that ask)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine.cuda_graphs import DecodeGraphs
 from engine.inputs import ImageInput, normalize_tiles
+from engine.outputs import TokenLogprob
+from engine.request import Request
+from engine.sampler import token_logprobs
 from engine.scheduler import ScheduledChunk
 from engine.vision_cache import VisionCache
 from model.fast_path import FastPath, triton_runs_on
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
+
+# Prompt positions whose logits are made at once: a long prompt's full logits would not fit in memory.
+PROMPT_LOGITS_SLICE = 512
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    request: Request
+    start: int  # the prompt position of the first entry
+    logprobs: list[TokenLogprob]  # of the tokens at start+1, start+2, ...
+
+
+@dataclass(frozen=True)
+class StepLogits:
+    sample: torch.Tensor  # [sampling chunks, vocab] float32, in chunk order
+    prompt: list[PromptLogprobs] = field(default_factory=list)
 
 
 class DeviceError(RuntimeError):
@@ -69,13 +89,32 @@ class ModelRunner:
             raise DeviceError(f"the {device} device computes wrong results")
 
     @torch.inference_mode()
-    def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """[number of sampling chunks, vocab] float32 logits, in chunk order."""
+    def execute(self, chunks: list[ScheduledChunk]) -> StepLogits:
         batch, logits_rows = self.build_batch(chunks)
         if self.graphs is not None and len(logits_rows) == len(chunks) and self.graphs.fits(batch):
-            return self.graphs.run(batch)  # every chunk samples, so every row's logits are wanted
+            return StepLogits(self.graphs.run(batch))  # every chunk samples: every row's logits are wanted
         hidden = self.model(batch, self.kv_cache, self.fast)
-        return self.model.compute_logits(hidden[torch.tensor(logits_rows, dtype=torch.long, device=hidden.device)])
+        rows = torch.tensor(logits_rows, dtype=torch.long, device=hidden.device)
+        return StepLogits(self.model.compute_logits(hidden[rows]), self.prompt_logprobs(chunks, hidden))
+
+    def prompt_logprobs(self, chunks: list[ScheduledChunk], hidden: torch.Tensor) -> list[PromptLogprobs]:
+        """For each chunk that asks: the logprob of every prompt token it predicts (position p's
+        logits give the token at p + 1), with the top k."""
+        found, offset = [], 0
+        for chunk in chunks:
+            request = chunk.request
+            start = request.num_computed_tokens
+            end = min(start + chunk.num_tokens, request.num_prompt_tokens - 1)  # the last predicts no prompt token
+            if request.wants_prompt_logprobs and end > start:
+                k = request.params.prompt_logprobs or 0
+                logprobs: list[TokenLogprob] = []
+                for at in range(start, end, PROMPT_LOGITS_SLICE):
+                    stop = min(at + PROMPT_LOGITS_SLICE, end)
+                    logits = self.model.compute_logits(hidden[offset + at - start : offset + stop - start])
+                    logprobs += token_logprobs(logits, request.token_ids[at + 1 : stop + 1], k)
+                found.append(PromptLogprobs(request, start, logprobs))
+            offset += chunk.num_tokens
+        return found
 
     def build_batch(self, chunks: list[ScheduledChunk]) -> tuple[ForwardBatch, list[int]]:
         """The step's flat batch, and the rows of the tokens whose logits are sampled."""

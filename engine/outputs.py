@@ -25,3 +25,5 @@ class RequestOutput:
     num_output_tokens: int
     num_cached_tokens: int
     error: str | None = None
+    # With the first output of completion 0 when asked for: one entry a prompt token, None for the first.
+    prompt_logprobs: list[TokenLogprob | None] | None = None

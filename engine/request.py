@@ -42,6 +42,7 @@ class Request:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of the full blocks
     new_logprobs: list[TokenLogprob] = field(default_factory=list)  # since the last output
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # by prompt position
     num_emitted_tokens: int = 0  # output tokens already reported
     finish_reason: str | None = None
     error: str | None = None
@@ -69,6 +70,12 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Completion 0 computes them (the others share its prompt); so every prompt token is
+        computed, none found in the prefix cache."""
+        return self.params.prompt_logprobs is not None and self.index == 0
 
     @property
     def is_finished(self) -> bool:

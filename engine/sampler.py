@@ -106,6 +106,18 @@ def top_k_top_p_min_p(logits: torch.Tensor, requests: list[Request]) -> torch.Te
     return logits
 
 
+def token_logprobs(logits: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprob]:
+    """Row i's logprob of token_ids[i] and its top k, from log-softmax of float32 logits."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, torch.tensor(token_ids, device=logits.device)[:, None]).squeeze(-1).tolist()
+    values, ids = logprobs.topk(max(k, 1), dim=-1)
+    values, ids = values[:, :k].tolist(), ids[:, :k].tolist()
+    return [
+        TokenLogprob(token, value, list(zip(top_ids, top_values, strict=True)))
+        for token, value, top_ids, top_values in zip(token_ids, chosen, ids, values, strict=True)
+    ]
+
+
 def compute_logprobs(raw: torch.Tensor, requests: list[Request], token_ids: list[int]) -> list[TokenLogprob | None]:
     wanted = [r.params.logprobs for r in requests]
     if all(k is None for k in wanted):

@@ -34,6 +34,8 @@ class SamplingParams:
     ignore_eos: bool = False  # when set, only `stop_token_ids` and `stop` end the request
     max_tokens: int | None = 16  # None: the rest of the context
     logprobs: int | None = None  # None: no logprobs; k: the chosen token and the top k
+    # None: none; k: each prompt token's logprob given the tokens before it, and the top k (vLLM's)
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     structured_output: StructuredOutput | None = None  # a grammar the output must match
 
@@ -50,6 +52,11 @@ class SamplingParams:
             ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "must be at least 1"),
             ("seed", self.seed is None or INT64_MIN <= self.seed <= INT64_MAX, "must fit in a signed 64-bit integer"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "must be between 0 and 20"),
+            (
+                "prompt_logprobs",
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                "must be between 0 and 20",
+            ),
             ("stop", len(self.stop) <= 4 and all(self.stop), "at most 4 non-empty strings"),
             ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
         ]

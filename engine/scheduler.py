@@ -144,7 +144,7 @@ class Scheduler:
                 return
             if deferred is None:  # looked up before this step's long chunks were scheduled: again
                 self._forget_blocks(request)
-            if not request.block_table:
+            if not request.block_table and not request.wants_prompt_logprobs:
                 self.block_pool.use_cached_prefix(request, self.rope_seed(request))
             if self._next_block(request) in being_computed:
                 self._forget_blocks(request)

@@ -2,7 +2,9 @@
 
 A prompt is a string, a list of strings (one engine request each; choice `index` is
 prompt x n + i) or a list of token ids. `echo` puts the prompt's text before the completion;
-`logprobs: k` gives each generated token's logprob and the top k, in the legacy shape.
+`logprobs: k` gives each generated token's logprob and the top k, in the legacy shape; with
+`echo`, the prompt's tokens come first, each with its logprob given the ones before (None for the
+first), as vLLM gives them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -88,7 +90,7 @@ def tokenize_prompt(tokenizer: Tokenizer, prompt: str | list[int], img_context_i
     else:
         if not all(0 <= i < tokenizer.vocab_size for i in prompt):
             raise bad_request(f"prompt token ids must be in [0, {tokenizer.vocab_size})", "prompt")
-        ids, text = list(prompt), tokenizer.decode(prompt, skip_special_tokens=False)
+        ids, text = list(prompt), tokenizer.decode(prompt)  # what `echo` shows: text, not <s>
     if img_context_id in ids:
         raise bad_request("a text prompt cannot hold image tokens; send images to /v1/chat/completions", "prompt")
     if not ids:
@@ -102,14 +104,14 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
         raise bad_request("suffix is not supported by this model", "suffix")
     if request.best_of is not None and request.best_of != request.n:
         raise bad_request("best_of other than n is not supported", "best_of")
-    if request.echo and request.logprobs is not None:
-        raise bad_request("echo with logprobs needs prompt logprobs, which this server does not compute", "echo")
     constraint = requested_constraint(request, ToolMode("none"))
     max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
     try:
         params = request.sampling_params(max_tokens, request.logprobs, constraint and constraint.output)
     except SamplingParamsError as e:
         raise bad_request(str(e), e.param) from None
+    if request.echo and request.logprobs is not None:
+        params = replace(params, prompt_logprobs=request.logprobs)
     engine = state.engine.engine
     check(engine.check_request, 1, params)
     texts = _prompts(request)
@@ -132,16 +134,36 @@ def completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex}"
 
 
-def legacy_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+def legacy_logprobs(
+    tokenizer: Tokenizer, entries: list[tuple[int, TokenLogprob | None]], offset: int
+) -> CompletionLogprobs:
+    """`entries`: (token id, its logprob or None); `offset`: where the first token's text starts."""
     tokens, values, tops, offsets = [], [], [], []
-    for lp in logprobs:
-        text = token_text(tokenizer, lp.token_id)[0]
+    for token_id, lp in entries:
+        text = token_text(tokenizer, token_id)[0]
         tokens.append(text)
-        values.append(lp.logprob)
-        tops.append({token_text(tokenizer, i)[0]: v for i, v in lp.top_logprobs})
+        values.append(None if lp is None else lp.logprob)
+        tops.append(None if lp is None else {token_text(tokenizer, i)[0]: v for i, v in lp.top_logprobs})
         offsets.append(offset)
-        offset += len(text)
+        offset += 0 if token_id in tokenizer.special_ids else len(text)  # <s> is not in the echoed text
     return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
+
+
+def generated(logprobs: list[TokenLogprob]) -> list[tuple[int, TokenLogprob | None]]:
+    return [(lp.token_id, lp) for lp in logprobs]
+
+
+def prompt_entries(prompt: PromptInputs, logprobs: list[TokenLogprob | None]) -> list[tuple[int, TokenLogprob | None]]:
+    return list(zip(prompt.token_ids, logprobs, strict=True))
+
+
+def join(first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(
+        tokens=first.tokens + then.tokens,
+        token_logprobs=first.token_logprobs + then.token_logprobs,
+        top_logprobs=first.top_logprobs + then.top_logprobs,
+        text_offset=first.text_offset + then.text_offset,
+    )
 
 
 async def _one_prompt(
@@ -203,28 +225,30 @@ async def complete(state: ServerState, request_id: str, prepared: PreparedComple
     count = len(prepared.prompts) * n
     texts = {i: prepared.prompts[i // n].prompt if echo else "" for i in range(count)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(count)}
+    prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}  # by prompt
     reasons: dict[int, str | None] = {}
     tallies: list[Tally] = []
     async for index, item in _merged(state, request_id, prepared):
         if isinstance(item, Tally):
             tallies.append(item)
             continue
+        if item.prompt_logprobs is not None:
+            prompt_logprobs[index // n] = item.prompt_logprobs
         texts[index] += item.new_text
         logprobs[index] += item.new_logprobs
         if item.finished:
             if item.finish_reason == "error":
                 raise APIError(500, item.error or "internal error", type="server_error")
             reasons[index] = item.finish_reason
-    wants = prepared.params.logprobs is not None
-    choices = [
-        CompletionChoice(
-            index=i,
-            text=texts[i],
-            logprobs=legacy_logprobs(tokenizer, logprobs[i], 0) if wants else None,
-            finish_reason=reasons.get(i),
-        )
-        for i in range(count)
-    ]
+    choices = []
+    for i in range(count):
+        lp = None
+        if prepared.params.logprobs is not None:
+            prompt = prepared.prompts[i // n]
+            lp = legacy_logprobs(tokenizer, generated(logprobs[i]), len(prompt.prompt) if echo else 0)
+            if echo:
+                lp = join(legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_logprobs[i // n]), 0), lp)
+        choices.append(CompletionChoice(index=i, text=texts[i], logprobs=lp, finish_reason=reasons.get(i)))
     return Completion(id=request_id, model=state.settings.served_model_name, choices=choices, usage=_usage(tallies))
 
 
@@ -242,11 +266,33 @@ async def stream(
         body = Completion(id=request_id, created=created, model=model, choices=choices, usage=usage)
         return f"data: {body.model_dump_json(exclude=None if request.include_usage else {'usage'})}\n\n"
 
-    if request.echo:
-        for i in offsets:
-            text = prepared.prompts[i // n].prompt
-            offsets[i] = len(text)
-            yield chunk([CompletionChoice(index=i, text=text)])
+    def echoed(k: int, prompt_lps: list[TokenLogprob | None] | None) -> list[str]:
+        """The echo of prompt k for each of its choices (with its logprobs when asked for)."""
+        prompt = prepared.prompts[k]
+        lp = None if prompt_lps is None else legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_lps), 0)
+        for i in range(k * n, (k + 1) * n):
+            offsets[i] = len(prompt.prompt)
+        return [chunk([CompletionChoice(index=i, text=prompt.prompt, logprobs=lp)]) for i in range(k * n, (k + 1) * n)]
+
+    # With prompt logprobs, a prompt's echo waits for them (they come with completion 0's first output),
+    # and so do its choices' outputs.
+    waits_for_logprobs = request.echo and prepared.params.prompt_logprobs is not None
+    held: dict[int, list] = {k: [] for k in range(len(prepared.prompts))} if waits_for_logprobs else {}
+    if request.echo and not waits_for_logprobs:
+        for k in range(len(prepared.prompts)):
+            for event in echoed(k, None):
+                yield event
+
+    def events(index: int, item) -> list[str]:
+        if item.new_text or item.new_logprobs or item.finished:
+            lp = None
+            if prepared.params.logprobs is not None:
+                lp = legacy_logprobs(tokenizer, generated(item.new_logprobs), offsets[index])
+            offsets[index] += len(item.new_text)
+            reason = item.finish_reason if item.finished else None
+            return [chunk([CompletionChoice(index=index, text=item.new_text, logprobs=lp, finish_reason=reason)])]
+        return []
+
     try:
         async for index, item in _merged(state, request_id, prepared):
             if isinstance(item, Tally):
@@ -255,18 +301,16 @@ async def stream(
             if item.finished and item.finish_reason == "error":
                 yield error_event(APIError(500, item.error or "internal error", "server_error"))
                 break
-            if item.new_text or item.new_logprobs or item.finished:
-                lp = None
-                if prepared.params.logprobs is not None:
-                    lp = legacy_logprobs(tokenizer, item.new_logprobs, offsets[index])
-                offsets[index] += len(item.new_text)
-                choice = CompletionChoice(
-                    index=index,
-                    text=item.new_text,
-                    logprobs=lp,
-                    finish_reason=item.finish_reason if item.finished else None,
-                )
-                yield chunk([choice])
+            k = index // n
+            if k in held:
+                if item.prompt_logprobs is None:
+                    held[k].append((index, item))
+                    continue
+                waiting = held.pop(k)
+                for event in [*echoed(k, item.prompt_logprobs), *(e for i, it in waiting for e in events(i, it))]:
+                    yield event
+            for event in events(index, item):
+                yield event
     except APIError as e:
         yield error_event(e)
     if request.include_usage:

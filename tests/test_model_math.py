@@ -101,3 +101,30 @@ def test_chunked_prefill_and_cached_decoding_match_full_recompute(tiny_dir, tiny
         assert lp.token_id == int(torch.argmax(expected[step]))
         assert abs(lp.logprob - float(expected[step, lp.token_id])) < 1e-3
         assert [i for i, _ in lp.top_logprobs] == torch.topk(expected[step], 5).indices.tolist()
+
+
+def test_prompt_logprobs_over_chunks_match_float64_math(tiny_dir, tiny_model, preprocessor):
+    inputs = image_prompt(preprocessor)
+    tokens = TokenizerInfo(preprocessor.tokenizer, (), preprocessor.img_context_id)
+    engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=128, max_num_batched_tokens=128))
+    params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=3, n=2)
+    for request_id in ("first", "cached"):  # the second finds the prompt in the prefix cache, and computes it
+        engine.add_request(request_id, inputs, params)
+        found = []
+        while engine.has_unfinished():
+            found += [o.prompt_logprobs for o in engine.step() if o.prompt_logprobs is not None]
+        [prompt_logprobs] = found  # completion 0's, once
+        assert len(prompt_logprobs) == inputs.num_tokens and prompt_logprobs[0] is None
+        sd = state_dict(tiny_dir)
+        llm = json.loads((tiny_dir / "config.json").read_text())["llm_config"]
+        mask = [t == preprocessor.img_context_id for t in inputs.token_ids]
+        logits = language_model_logits(sd, llm, inputs.token_ids, mask, visual_embeddings(tiny_model, inputs))
+        expected = torch.log_softmax(logits, -1)
+        for position, lp in enumerate(prompt_logprobs[1:], start=1):
+            assert lp.token_id == inputs.token_ids[position]
+            assert abs(lp.logprob - expected[position - 1, lp.token_id].item()) < 2e-3
+            top = expected[position - 1].topk(3)
+            assert [i for i, _ in lp.top_logprobs] == top.indices.tolist() or (
+                abs(lp.top_logprobs[-1][1] - top.values[-1].item()) < 2e-3  # a tie in the last place
+            )
+    assert engine.num_free_blocks == engine.block_pool.num_blocks

@@ -116,6 +116,30 @@ def test_text_completion_batches_n_logprobs_and_streams(client):
     assert usage.completion_tokens == answer.usage.completion_tokens
 
 
+def test_echo_with_logprobs_gives_the_prompts_logprobs(client, preprocessor):
+    """Their values are checked against float64 math in test_model_math; here, their shape on the wire."""
+    ids = preprocessor.tokenizer.encode("The cat sat on the mat")
+    answers = []
+    for _ in range(2):  # the second run's prompt is in the prefix cache, and its logprobs are computed all the same
+        answer = client.completions.create(
+            model="mono", prompt=ids, max_tokens=2, temperature=0, logprobs=2, echo=True, n=2
+        )
+        for choice in answer.choices:
+            lp = choice.logprobs
+            assert len(lp.tokens) == len(ids) + 2 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+            assert all(v is not None and v <= 0 for v in lp.token_logprobs[1:])
+            assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+            assert choice.text.startswith("The cat sat on the mat")
+            assert lp.text_offset[1] == 0 and lp.text_offset == sorted(lp.text_offset)  # <s> has no text
+        answers.append(answer.choices[0].logprobs.token_logprobs)
+    assert answers[0] == answers[1]
+    streamed = client.completions.create(
+        model="mono", prompt=ids, max_tokens=2, temperature=0, logprobs=2, echo=True, stream=True
+    )
+    first = next(iter(streamed)).choices[0]
+    assert first.text == "The cat sat on the mat" and first.logprobs.token_logprobs == answers[0][: len(ids)]
+
+
 def test_text_completion_takes_structured_outputs_and_refuses_what_it_cannot_do(client):
     answer = client.completions.create(
         model="mono", prompt="Pick", max_tokens=20, extra_body={"guided_choice": ["red", "blue"]}
@@ -123,7 +147,6 @@ def test_text_completion_takes_structured_outputs_and_refuses_what_it_cannot_do(
     assert answer.choices[0].text in ("red", "blue")
     for kwargs, param in [
         ({"suffix": "x"}, "suffix"),
-        ({"echo": True, "logprobs": 2}, "echo"),
         ({"best_of": 3}, "best_of"),
         ({"prompt": "<IMG_CONTEXT>"}, "prompt"),
         ({"max_tokens": 10**6}, "max_tokens"),
