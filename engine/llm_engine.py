@@ -268,6 +268,9 @@ class LLMEngine:
         try:
             self._check_finished(request, token)
             return self._output(request)
+        except GrammarError as error:  # a grammar with no way on (its mask allowed no token)
+            log.warning("request %s: %s", request.request_id, error)
+            return self._fail(request, "the output constraint allows no further token")
         except Exception:  # detokenizing one request's token must not stop the others
             log.exception("request %s failed after sampling token %d", request.request_id, token)
             return self._fail(request, "internal error while detokenizing the output")
@@ -275,7 +278,7 @@ class LLMEngine:
     def _check_finished(self, request: Request, token: int) -> None:
         grammar = request.grammar
         if grammar is not None and not grammar.accept_token(token):
-            raise GrammarError(f"the grammar refused token {token}, which its own mask allowed")
+            raise GrammarError(f"the grammar refused token {token}: its mask allowed none")
         # A stop token ends the text and is not part of it (as vLLM), special or not.
         stop_token = token in request.stop_token_ids
         stop_string = None if stop_token else request.detokenizer.append(token)

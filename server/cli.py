@@ -62,14 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The command line, with the model from MODEL, --model or MONOVL_MODEL, in that order."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "model"):
         tag = getattr(args, "model_tag", None)
         if tag and args.model and tag != args.model:
             parser.error(f"two models given: {tag} and --model {args.model}")
         args.model = tag or args.model or os.environ.get("MONOVL_MODEL") or None
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parse_args(argv, parser)
     from model.config import ConfigError
     from model.loader import CheckpointError
     from preprocessing.image_decode import ImageError

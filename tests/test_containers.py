@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from server.cli import build_parser
+from server.cli import parse_args
 from server.serve import DEFAULT_PORT, HEALTH_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_compose_agrees_with_the_cli_and_the_image(monkeypatch):
     for name, value in {"MONOVL_MODEL": "OpenGVLab/Mono-InternVL-2B", "MONOVL_API_KEY": "secret",
                         "MONOVL_PORT": "9001", "MONOVL_GRACEFUL_TIMEOUT": "12.5"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    args = build_parser().parse_args(["serve"])
+    args = parse_args(["serve"])
     assert (args.model, args.api_key, args.port, args.graceful_timeout) == (
         "OpenGVLab/Mono-InternVL-2B",
         "secret",

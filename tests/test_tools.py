@@ -8,7 +8,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE
+from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, render_prompt
 from server.chat import to_conversation
 from server.protocol import ChatCompletionRequest
 from server.tools import ChoiceReader, ToolMode, tool_mode
@@ -51,8 +51,6 @@ def test_tools_calls_and_results_render_as_internlm2_writes_them():
             "tools": TOOLS,
         }
     )
-    from preprocessing.chat_template import render_prompt
-
     prompt = render_prompt(to_conversation(request, tool_mode(request), 8, 10**6).messages, [])
     functions = json.dumps(
         [
@@ -71,6 +69,14 @@ def test_tools_calls_and_results_render_as_internlm2_writes_them():
         '<|im_start|>environment name=<|plugin|>\n{"temperature": 22}<|im_end|>'
         "<|im_start|>assistant\n"
     )
+
+
+def test_tool_choice_none_leaves_the_tools_out_of_the_prompt():
+    request = ChatCompletionRequest.model_validate({"messages": USER, "tools": TOOLS, "tool_choice": "none"})
+    mode = tool_mode(request)
+    assert mode.kind == "none"
+    messages = to_conversation(request, mode, 8, 10**6).messages
+    assert [m.role for m in messages] == ["user"]
 
 
 def feed_all(reader: ChoiceReader, text: str, step: int = 3):
