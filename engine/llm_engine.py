@@ -265,6 +265,8 @@ class LLMEngine:
         if logprob is not None:
             request.new_logprobs.append(logprob)
         request.token_ids.append(token)
+        if request.first_token_time is None:
+            request.first_token_time = time.monotonic()
         try:
             self._check_finished(request, token)
             return self._output(request)
@@ -310,6 +312,7 @@ class LLMEngine:
             prompt_logprobs=(request.prompt_logprobs or [None] * request.num_prompt_tokens)
             if first and request.wants_prompt_logprobs
             else None,
+            timings=request.timings() if request.is_finished else None,
         )
         if request.is_finished:
             self._retire(request)

@@ -13,6 +13,15 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class RequestTimings:
+    """Seconds a finished completion spent waiting, in prefill (to its first token) and decoding."""
+
+    queued: float
+    prefill: float
+    decode: float
+
+
+@dataclass(frozen=True)
 class RequestOutput:
     request_id: str
     index: int  # which of the request's n completions
@@ -27,3 +36,4 @@ class RequestOutput:
     error: str | None = None
     # With the first output of completion 0 when asked for: one entry a prompt token, None for the first.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    timings: RequestTimings | None = None  # with the last output

@@ -11,7 +11,7 @@ import torch
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.inputs import PromptInputs
-from engine.outputs import TokenLogprob
+from engine.outputs import RequestTimings, TokenLogprob
 from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ class Request:
     generator: torch.Generator | None = None
     grammar: xgrammar.GrammarMatcher | None = None  # where the output is constrained, its matcher
     arrival_time: float = field(default_factory=time.monotonic)
+    scheduled_time: float | None = None  # first scheduled: the end of its time waiting
+    first_token_time: float | None = None  # its first token sampled: the end of its prefill
     status: RequestStatus = RequestStatus.WAITING
     token_ids: list[int] = field(default_factory=list)  # prompt, then outputs
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
@@ -80,6 +82,12 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    def timings(self) -> RequestTimings:
+        now = time.monotonic()
+        scheduled = self.scheduled_time or now
+        first_token = self.first_token_time or now
+        return RequestTimings(scheduled - self.arrival_time, first_token - scheduled, now - first_token)
 
     def finish(self, reason: str, error: str | None = None) -> None:
         self.status = RequestStatus.FINISHED

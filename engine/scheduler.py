@@ -16,6 +16,7 @@ chunks slow steps down by more than LONG_CHUNK_SLOWDOWN gets half of the engine'
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,6 +167,8 @@ class Scheduler:
                 return
             self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
+            if request.scheduled_time is None:  # the end of its queueing (a preempted one keeps it)
+                request.scheduled_time = time.monotonic()
             self.running.append(request)
             chunks.append(self._scheduled(request, num_tokens))
             self._budget -= num_tokens

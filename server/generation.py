@@ -125,6 +125,7 @@ async def outputs(
     state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams
 ) -> AsyncIterator[RequestOutput]:
     finished = 0
+    state.metrics.request_admitted(params.max_tokens)
     try:
         async for output in state.engine.generate(request_id, prompt, params):
             finished += output.finished

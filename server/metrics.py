@@ -26,14 +26,15 @@ class Metrics:
         def name(metric: str) -> str:
             return f"{prefix}:{metric}"
 
-        def histogram(metric: str, doc: str, buckets: tuple, extra: list[str] | None = None) -> Histogram:
-            return Histogram(name(metric), doc, [*labels, *(extra or [])], buckets=buckets, registry=r)
+        def histogram(metric: str, doc: str, buckets: tuple = LATENCY_BUCKETS) -> Histogram:
+            return Histogram(name(metric), doc, labels, buckets=buckets, registry=r)
 
-        self.num_requests_running = Gauge(
-            name("num_requests_running"), "Requests in the running batch", labels, registry=r
-        )
-        self.num_requests_waiting = Gauge(name("num_requests_waiting"), "Requests waiting to run", labels, registry=r)
-        self.kv_cache_usage = Gauge(name("kv_cache_usage_perc"), "Fraction of KV blocks in use", labels, registry=r)
+        def gauge(metric: str, doc: str) -> Gauge:
+            return Gauge(name(metric), doc, labels, registry=r)
+
+        self.num_requests_running = gauge("num_requests_running", "Requests in the running batch")
+        self.num_requests_waiting = gauge("num_requests_waiting", "Requests waiting to run")
+        self.kv_cache_usage = gauge("kv_cache_usage_perc", "Fraction of KV blocks in use")
         self.prompt_tokens = Counter(name("prompt_tokens"), "Prompt tokens processed", labels, registry=r)
         self.generation_tokens = Counter(name("generation_tokens"), "Tokens generated", labels, registry=r)
         self.prefix_cache_hits = Counter(
@@ -43,12 +44,22 @@ class Metrics:
         self.request_success = Counter(
             name("request_success"), "Finished requests", [*labels, "finished_reason"], registry=r
         )
-        self._ttft = histogram("time_to_first_token_seconds", "Time to first token", LATENCY_BUCKETS)
-        self._itl = histogram("inter_token_latency_seconds", "Time between tokens", LATENCY_BUCKETS)
-        self._e2e = histogram("e2e_request_latency_seconds", "Request latency", LATENCY_BUCKETS)
+        self._ttft = histogram("time_to_first_token_seconds", "Time to first token")
+        self._itl = histogram("inter_token_latency_seconds", "Time between tokens")
+        self._e2e = histogram("e2e_request_latency_seconds", "Request latency")
         self._image = histogram(
             "image_preprocess_seconds", "Image decode, tiling and prompt time per request", LATENCY_BUCKETS
         )
+        self._queue = histogram("request_queue_time_seconds", "Time waiting to be scheduled")
+        self._prefill = histogram("request_prefill_time_seconds", "Time from scheduled to first token")
+        self._decode = histogram("request_decode_time_seconds", "Time from first token to the last")
+        self._inference = histogram(
+            "request_inference_time_seconds", "Time running (prefill and decode)", LATENCY_BUCKETS
+        )
+        self._tpot = histogram(
+            "time_per_output_token_seconds", "Decode time per token after the first", LATENCY_BUCKETS
+        )
+        self._max_tokens = histogram("request_params_max_tokens", "max_tokens per request", TOKEN_BUCKETS)
         self._prompt_len = histogram("request_prompt_tokens", "Prompt tokens per request", TOKEN_BUCKETS)
         self._output_len = histogram("request_generation_tokens", "Tokens generated per completion", TOKEN_BUCKETS)
         self.model_name = model_name
@@ -70,6 +81,10 @@ class Metrics:
         self.prefix_cache_hits.labels(name).inc(output.num_cached_tokens)
         self._prompt_len.labels(name).observe(output.num_prompt_tokens)
 
+    def request_admitted(self, max_tokens: int | None) -> None:
+        if max_tokens is not None:  # None: the rest of the context, which the engine resolves
+            self._max_tokens.labels(self.model_name).observe(max_tokens)
+
     def tokens_generated(self, count: int) -> None:
         if count:
             self.generation_tokens.labels(self.model_name).inc(count)
@@ -79,6 +94,14 @@ class Metrics:
         self.request_success.labels(name, output.finish_reason or "unknown").inc()
         self.e2e_request_latency.observe(latency)
         self._output_len.labels(name).observe(output.num_output_tokens)
+        timings = output.timings
+        if timings is not None:
+            self._queue.labels(name).observe(timings.queued)
+            self._prefill.labels(name).observe(timings.prefill)
+            self._decode.labels(name).observe(timings.decode)
+            self._inference.labels(name).observe(timings.prefill + timings.decode)
+            if output.num_output_tokens > 1:
+                self._tpot.labels(name).observe(timings.decode / (output.num_output_tokens - 1))
 
     def value(self, sample: str) -> float:
         """A sample's value now (`prompt_tokens_total`, `num_requests_running`...), 0 before it has one."""

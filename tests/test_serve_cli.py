@@ -57,10 +57,18 @@ def test_model_first_vllm_metric_names_startup_summary_and_stats_lines(tiny_dir)
             "vllm:e2e_request_latency_seconds_bucket",
             "vllm:request_prompt_tokens_bucket",
             "vllm:request_generation_tokens_bucket",
+            "vllm:request_queue_time_seconds_bucket",
+            "vllm:request_prefill_time_seconds_bucket",
+            "vllm:request_decode_time_seconds_bucket",
+            "vllm:request_inference_time_seconds_bucket",
+            "vllm:time_per_output_token_seconds_bucket",
+            "vllm:request_params_max_tokens_bucket",
         ]:
             assert name in metrics, name
         assert "monovl:" not in metrics
         assert server.metric("vllm:generation_tokens_total") == 40
+        assert server.metric("vllm:time_per_output_token_seconds_count") == 1
+        assert server.metric("vllm:request_params_max_tokens_sum") == 40
         time.sleep(0.8)
     finally:
         log = server.stop()
