@@ -67,3 +67,20 @@ def generate_cli(checkpoint: Path, prompt: str, max_tokens: int, *extra: str) ->
     cmd = [sys.executable, "-m", "server.cli", "generate", "--model", str(checkpoint), "--json", "--prompt", prompt]
     cmd += ["--max-tokens", str(max_tokens), *extra]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+@pytest.fixture(scope="session")
+def mono_server(tiny_dir):
+    """One server, serving the tiny checkpoint as "mono", for the tests of its API's breadth."""
+    from tests.server_helpers import ServerProcess
+
+    process = ServerProcess(tiny_dir, "--served-model-name", "mono")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def mono_client(mono_server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{mono_server.url}/v1", api_key="none", max_retries=0)

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field
 
 from engine.structured_output import GrammarError, Grammars, StructuredOutput, Vocabulary
 from preprocessing.tokenizer import Tokenizer
-from tests.server_helpers import ServerProcess
 
 USER = [{"role": "user", "content": "Describe a person."}]
 
@@ -29,24 +28,12 @@ class Person(BaseModel):
     pets: list[Pet] = Field(max_length=3)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_dir):
-    process = ServerProcess(tiny_dir, "--served-model-name", "mono")
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-
-
 def person_schema() -> dict:
     return openai.lib._pydantic.to_strict_json_schema(Person)
 
 
-def test_json_schema_answers_parse_and_validate_plain_streamed_n_and_seeded(client):
-    answer = client.chat.completions.parse(
+def test_json_schema_answers_parse_and_validate_plain_streamed_n_and_seeded(mono_client):
+    answer = mono_client.chat.completions.parse(
         model="mono", messages=USER, response_format=Person, n=4, temperature=1.0, seed=7, max_tokens=400
     )
     for choice in answer.choices:
@@ -54,7 +41,7 @@ def test_json_schema_answers_parse_and_validate_plain_streamed_n_and_seeded(clie
         assert isinstance(choice.message.parsed, Person)
         jsonschema.validate(json.loads(choice.message.content), person_schema())
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": person_schema(), "strict": True}}
-    chunks = client.chat.completions.create(
+    chunks = mono_client.chat.completions.create(
         model="mono", messages=USER, response_format=fmt, n=2, temperature=1.0, seed=7, max_tokens=400, stream=True
     )
     texts = {0: "", 1: ""}
@@ -72,9 +59,9 @@ def quote_and_brace_bias(tiny_dir) -> dict[str, int]:
     return {str(i): 8 for i, p in enumerate(pieces) if p in ("<0x22>", "<0x7D>", "<0x5D>") or p in ('"', "}", "]")}
 
 
-def test_json_object_answers_are_objects(client, tiny_dir):
+def test_json_object_answers_are_objects(mono_client, tiny_dir):
     bias = quote_and_brace_bias(tiny_dir)
-    answer = client.chat.completions.create(
+    answer = mono_client.chat.completions.create(
         model="mono",
         messages=USER,
         response_format={"type": "json_object"},
@@ -88,7 +75,7 @@ def test_json_object_answers_are_objects(client, tiny_dir):
         assert choice.finish_reason == "stop"
         assert isinstance(json.loads(choice.message.content), dict)
     # Without the grammar the same bias gives no JSON at all.
-    free = client.chat.completions.create(
+    free = mono_client.chat.completions.create(
         model="mono", messages=USER, logit_bias=bias, temperature=1.0, seed=3, max_tokens=30
     )
     with pytest.raises(json.JSONDecodeError):
@@ -106,29 +93,29 @@ def test_json_object_answers_are_objects(client, tiny_dir):
         ({"guided_json": {"type": "integer", "minimum": 0, "maximum": 99}}, lambda t: 0 <= json.loads(t) <= 99),
     ],
 )
-def test_vllm_constraints(client, extra, check):
-    answer = client.chat.completions.create(
+def test_vllm_constraints(mono_client, extra, check):
+    answer = mono_client.chat.completions.create(
         model="mono", messages=USER, n=3, temperature=1.0, seed=1, max_tokens=200, extra_body=extra
     )
     for choice in answer.choices:
         assert choice.finish_reason == "stop" and check(choice.message.content), choice.message.content
 
 
-def test_stop_strings_and_repeated_prompts_keep_the_grammar(client):
+def test_stop_strings_and_repeated_prompts_keep_the_grammar(mono_client):
     # The same prompt twice: the second is served from the prefix cache and stays constrained.
     for _ in range(2):
-        answer = client.chat.completions.create(
+        answer = mono_client.chat.completions.create(
             model="mono", messages=USER, temperature=0, max_tokens=50, extra_body={"guided_regex": "a{3}b{40}"}
         )
         assert answer.choices[0].message.content == "aaa" + "b" * 40
-    cut = client.chat.completions.create(
+    cut = mono_client.chat.completions.create(
         model="mono", messages=USER, temperature=0, max_tokens=50, stop=["bb"], extra_body={"guided_regex": "a{3}b{40}"}
     )
     assert cut.choices[0].message.content == "aaa" and cut.choices[0].finish_reason == "stop"
 
 
-def post(server, body) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 5, **body})
+def post(mono_server, body) -> httpx.Response:
+    return httpx.post(f"{mono_server.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 5, **body})
 
 
 def assert_400(response: httpx.Response, param: str, words: str) -> None:
@@ -137,27 +124,29 @@ def assert_400(response: httpx.Response, param: str, words: str) -> None:
     assert error["param"] == param and words in error["message"], error
 
 
-def test_what_cannot_be_honoured_is_a_400_naming_it(server):
+def test_what_cannot_be_honoured_is_a_400_naming_it(mono_server):
     bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}
-    assert_400(post(server, {"response_format": bad_schema}), "response_format.json_schema.schema", "strin")
-    assert_400(post(server, {"guided_regex": "(ab"}), "guided_regex", "parenthesis")
-    assert_400(post(server, {"structured_outputs": {"grammar": "root ::= foo"}}), "structured_outputs.grammar", "foo")
-    assert_400(post(server, {"guided_json": "{not json"}), "guided_json", "not valid JSON")
+    assert_400(post(mono_server, {"response_format": bad_schema}), "response_format.json_schema.schema", "strin")
+    assert_400(post(mono_server, {"guided_regex": "(ab"}), "guided_regex", "parenthesis")
+    assert_400(
+        post(mono_server, {"structured_outputs": {"grammar": "root ::= foo"}}), "structured_outputs.grammar", "foo"
+    )
+    assert_400(post(mono_server, {"guided_json": "{not json"}), "guided_json", "not valid JSON")
     two = {"response_format": {"type": "json_object"}, "guided_regex": "a+"}
-    assert_400(post(server, two), "guided_regex", "only one output constraint")
-    response = post(server, {"response_format": {"type": "yaml"}})
+    assert_400(post(mono_server, two), "guided_regex", "only one output constraint")
+    response = post(mono_server, {"response_format": {"type": "yaml"}})
     assert response.status_code == 400 and response.json()["error"]["param"].startswith("response_format")
     # The server keeps serving.
-    assert post(server, {"response_format": {"type": "text"}}).status_code == 200
+    assert post(mono_server, {"response_format": {"type": "text"}}).status_code == 200
 
 
-def test_unknown_fields_are_accepted_and_logged_known_ones_it_cannot_honour_are_400s(server):
-    assert post(server, {"frobnicate": {"deep": [1, 2]}, "x_client_tag": "a"}).status_code == 200
-    assert "ignored: ['frobnicate', 'x_client_tag']" in server.output()
-    assert post(server, {"metadata": {"a": "b"}, "store": False, "modalities": ["text"]}).status_code == 200
-    assert_400(post(server, {"modalities": ["text", "audio"]}), "modalities", "text only")
-    assert_400(post(server, {"audio": {"voice": "alloy", "format": "wav"}}), "audio", "not supported")
-    assert_400(post(server, {"functions": [{"name": "f"}]}), "functions", "send tools")
+def test_unknown_fields_are_accepted_and_logged_known_ones_it_cannot_honour_are_400s(mono_server):
+    assert post(mono_server, {"frobnicate": {"deep": [1, 2]}, "x_client_tag": "a"}).status_code == 200
+    assert "ignored: ['frobnicate', 'x_client_tag']" in mono_server.output()
+    assert post(mono_server, {"metadata": {"a": "b"}, "store": False, "modalities": ["text"]}).status_code == 200
+    assert_400(post(mono_server, {"modalities": ["text", "audio"]}), "modalities", "text only")
+    assert_400(post(mono_server, {"audio": {"voice": "alloy", "format": "wav"}}), "audio", "not supported")
+    assert_400(post(mono_server, {"functions": [{"name": "f"}]}), "functions", "send tools")
 
 
 def test_grammar_vocabulary_has_no_raw_control_characters(tiny_dir):

@@ -12,7 +12,6 @@ from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, render_prompt
 from server.chat import to_conversation
 from server.protocol import ChatCompletionRequest
 from server.tools import ChoiceReader, ToolMode, tool_mode
-from tests.server_helpers import ServerProcess
 
 WEATHER = {
     "type": "object",
@@ -105,38 +104,26 @@ def test_auto_without_a_call_is_the_text():
         assert reader.content() == expected and reader.calls == []
 
 
-@pytest.fixture(scope="module")
-def server(tiny_dir):
-    process = ServerProcess(tiny_dir, "--served-model-name", "mono")
-    yield process
-    process.stop()
+def create(mono_client, **kwargs):
+    return mono_client.chat.completions.create(model="mono", messages=USER, tools=TOOLS, max_tokens=400, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-
-
-def create(client, **kwargs):
-    return client.chat.completions.create(model="mono", messages=USER, tools=TOOLS, max_tokens=400, **kwargs)
-
-
-def test_required_and_named_calls_validate_plain_and_streamed(client):
+def test_required_and_named_calls_validate_plain_and_streamed(mono_client):
     parameters = {"get_weather": WEATHER, "now": {"type": "object", "properties": {}}}
-    answer = create(client, tool_choice="required", n=4, temperature=1.0, seed=5)
+    answer = create(mono_client, tool_choice="required", n=4, temperature=1.0, seed=5)
     for choice in answer.choices:
         assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
         for call in choice.message.tool_calls:
             jsonschema.validate(json.loads(call.function.arguments), parameters[call.function.name])
     named = {"type": "function", "function": {"name": "get_weather"}}
-    answer = create(client, tool_choice=named, n=3, temperature=1.0, seed=5)
+    answer = create(mono_client, tool_choice=named, n=3, temperature=1.0, seed=5)
     for choice in answer.choices:
         [call] = choice.message.tool_calls
         assert call.function.name == "get_weather" and choice.message.content is None
         jsonschema.validate(json.loads(call.function.arguments), WEATHER)
     for choice in [named, "required"]:
         arguments, names = {}, {}
-        for chunk in create(client, tool_choice=choice, temperature=1.0, seed=9, stream=True):
+        for chunk in create(mono_client, tool_choice=choice, temperature=1.0, seed=9, stream=True):
             for call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
                 arguments[call.index] = arguments.get(call.index, "") + (call.function.arguments or "")
                 names[call.index] = call.function.name or names.get(call.index)
@@ -145,18 +132,18 @@ def test_required_and_named_calls_validate_plain_and_streamed(client):
             jsonschema.validate(json.loads(text), parameters[names[index]])
 
 
-def test_parallel_tool_calls_false_gives_one_call(client):
-    answer = create(client, tool_choice="required", n=4, temperature=1.0, seed=2, parallel_tool_calls=False)
+def test_parallel_tool_calls_false_gives_one_call(mono_client):
+    answer = create(mono_client, tool_choice="required", n=4, temperature=1.0, seed=2, parallel_tool_calls=False)
     assert all(len(choice.message.tool_calls) == 1 for choice in answer.choices)
 
 
-def test_auto_with_many_tools_is_plain_text_and_a_tool_result_turn_is_accepted(client):
+def test_auto_with_many_tools_is_plain_text_and_a_tool_result_turn_is_accepted(mono_client):
     # An internal frontend's 36 built-in functions with every message, no tool_choice.
     many = [
         {"type": "function", "function": {"name": f"builtin_{k}", "description": "x" * 40, "parameters": WEATHER}}
         for k in range(36)
     ]
-    answer = client.chat.completions.create(model="mono", messages=USER, tools=many, max_tokens=20, seed=1)
+    answer = mono_client.chat.completions.create(model="mono", messages=USER, tools=many, max_tokens=20, seed=1)
     assert answer.choices[0].message.tool_calls == [] and isinstance(answer.choices[0].message.content, str)
     turn = [
         *USER,
@@ -169,15 +156,15 @@ def test_auto_with_many_tools_is_plain_text_and_a_tool_result_turn_is_accepted(c
         },
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": '{"temperature": 22}'}]},
     ]
-    answer = client.chat.completions.create(model="mono", messages=turn, tools=TOOLS, max_tokens=10)
+    answer = mono_client.chat.completions.create(model="mono", messages=turn, tools=TOOLS, max_tokens=10)
     assert answer.choices[0].finish_reason in ("stop", "length")
 
 
-def test_bad_tool_choices_are_400s(client):
+def test_bad_tool_choices_are_400s(mono_client):
     with pytest.raises(openai.BadRequestError, match="not in tools"):
-        create(client, tool_choice={"type": "function", "function": {"name": "missing"}})
+        create(mono_client, tool_choice={"type": "function", "function": {"name": "missing"}})
     with pytest.raises(openai.BadRequestError, match="needs at least one tool"):
-        client.chat.completions.create(model="mono", messages=USER, tool_choice="required", max_tokens=5)
+        mono_client.chat.completions.create(model="mono", messages=USER, tool_choice="required", max_tokens=5)
 
 
 class Forecast(BaseModel):
@@ -188,11 +175,11 @@ class Forecast(BaseModel):
     sunny: bool
 
 
-def test_langchain_structured_output_in_json_schema_and_function_calling_modes(server):
+def test_langchain_structured_output_in_json_schema_and_function_calling_modes(mono_server):
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(
-        model="mono", base_url=f"{server.url}/v1", api_key="none", max_tokens=300, temperature=1.0, max_retries=0
+        model="mono", base_url=f"{mono_server.url}/v1", api_key="none", max_tokens=300, temperature=1.0, max_retries=0
     )
     for method in ["json_schema", "function_calling"]:
         structured = llm.with_structured_output(Forecast, method=method)
