@@ -1,8 +1,9 @@
 """What preprocessing hands to the engine: token ids, and the tiles of each image.
 
 Tiles travel as the uint8 pixels Pillow gives; `normalize_tiles` turns them into the model's input
-(the reference's ToTensor and ImageNet Normalize) on the device the model runs on: a GPU does it in
-microseconds and receives a quarter of float32's bytes, and the preprocessing workers no longer do.
+(the reference's ToTensor and ImageNet Normalize) on the device the model runs on: a GPU does it
+cheaply and receives a quarter of float32's bytes, and the preprocessing workers do not spend
+their time on it.
 """
 
 from __future__ import annotations

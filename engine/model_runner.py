@@ -137,8 +137,8 @@ class ModelRunner:
             seq_lens.append(end)
             if chunk.samples:
                 logits_indices.append(len(ids) - 1)
-        # Lists to tensors through numpy: torch.tensor walks nested lists element by element (a decode
-        # step of 64 chats: 0.53 ms of layout, 0.09 ms this way; benchmarks/host_overhead.py).
+        # Lists to tensors through numpy: torch.tensor walks nested lists element by element
+        # (benchmarks/host_overhead.py measures both; docs/performance.md has the figures).
         tables = np.zeros((len(chunks), max(len(c.request.block_table) for c in chunks)), dtype=np.int64)
         for row, chunk in enumerate(chunks):
             tables[row, : len(chunk.request.block_table)] = chunk.request.block_table

@@ -4,9 +4,9 @@ In a CUDA-graph decode step of the 2B model the GEMMs read the weights near the 
 and what is left is the tail of small kernels: an RMSNorm is eight of them, RoPE on q and k a
 dozen, the KV write two more. Each kernel below does one such step in one launch and asks for rounding
 where the reference rounds (each bfloat16 product and sum). In float32 they agree with the plain
-path to float rounding (RoPE bit for bit). Compiled for bfloat16, RoPE was seen one bfloat16 step
-off torch on about 2% of elements on an H200, likely the compiler folding an intermediate rounding;
-tests/test_cuda.py bounds that. They run on CUDA, and on the CPU under TRITON_INTERPRET=1 for tests.
+path to float rounding (RoPE bit for bit). Compiled for bfloat16, RoPE can be one bfloat16 step off
+torch on a few elements, likely the compiler folding an intermediate rounding; tests/test_cuda.py
+bounds that. They run on CUDA, and on the CPU under TRITON_INTERPRET=1 for tests.
 """
 
 from __future__ import annotations

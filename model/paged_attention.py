@@ -18,9 +18,9 @@ from torch.nn.attention.bias import causal_lower_right
 
 from model.forward_batch import ForwardBatch
 
-# Not cuDNN: torch picks its attention first on Hopper, and it builds an execution plan for every
-# new shape, 3.4 ms of CPU a call on an H200 (device run 4: 5.3 s of a 6.6 s prefill step of 64
-# requests). Prefill chunks seldom repeat a shape; flash and memory-efficient attention plan nothing.
+# Not cuDNN: torch picks its attention first on Hopper, and it builds an execution plan on the CPU
+# for every new shape; prefill chunks seldom repeat a shape, so planning would dominate a prefill
+# step (docs/performance.md has the measurement). Flash and memory-efficient attention plan nothing.
 CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -37,7 +37,7 @@ def gather_context(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int)
     # cache: [num_blocks, block_size, kv_heads, d] -> [seq_len, kv_heads, d]
     block_size = cache.shape[1]
     blocks = block_table[: (seq_len + block_size - 1) // block_size]
-    # index_select copies whole blocks; on the CPU it runs 4x faster than cache[blocks] (a generic gather)
+    # index_select copies whole blocks, which the CPU does much faster than cache[blocks] (a generic gather)
     return cache.index_select(0, blocks).flatten(0, 1)[:seq_len]
 
 
@@ -95,8 +95,8 @@ def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     # q: [n, heads, d] (the last n of the context); k, v: [L, kv_heads, d] -> [n, heads, d]
     n, seq_len = q.shape[0], k.shape[0]
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        # torch's CPU flash attention in bfloat16 takes 5x as long as two GEMMs for one query and
-        # about 1.5x as long for a prefill chunk after long context; in float32 it is the faster.
+        # torch's CPU flash attention in bfloat16 is slower than two GEMMs, for one query and for a
+        # prefill chunk after long context (benchmarks/attention_cpu.py); in float32 it is the faster.
         return one_query_gqa(q, k, v) if n == 1 else blocked_causal_gqa(q, k, v)
     mask = None
     if 1 < n < seq_len:
