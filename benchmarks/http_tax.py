@@ -22,14 +22,13 @@ from pathlib import Path
 import httpx
 
 from benchmarks.engine_bench import MID_SIZE, machine
+from benchmarks.stream_overhead import one, question
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage
 from server.model_loading import load_checkpoint
 from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from tests.server_helpers import ServerProcess
-
-QUESTION = "Tell me a long story about a robot who paints, chapter {k}."
 
 
 def engine_alone(directory: Path, streams: int, output_tokens: int, batched_tokens: int) -> float:
@@ -43,36 +42,19 @@ def engine_alone(directory: Path, streams: int, output_tokens: int, batched_toke
     while engine.has_unfinished():
         engine.step()
     for k in range(streams):
-        engine.add_request(str(k), pre.process([ChatMessage.text("user", QUESTION.format(k=k))], []), params)
+        engine.add_request(str(k), pre.process([ChatMessage.text("user", question(k))], []), params)
     tokens, started = 0, time.perf_counter()
     while engine.has_unfinished():
         tokens += sum(len(o.new_token_ids) for o in engine.step())
     return tokens / (time.perf_counter() - started)
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, k: int, output_tokens: int) -> int:
-    body = {
-        "messages": [{"role": "user", "content": QUESTION.format(k=k)}],
-        "max_tokens": output_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    tokens = 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("data: {") and '"usage":{' in line:
-                tokens = int(line.split('"completion_tokens":', 1)[1].split(",", 1)[0])
-    return tokens
-
-
 async def through_server(url: str, streams: int, output_tokens: int) -> float:
     limits = httpx.Limits(max_connections=streams + 4)
-    async with httpx.AsyncClient(limits=limits) as client:
-        await one_stream(client, url, -1, 8)  # warm up
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+        await one(client, url, -1, 8)  # warm up
         started = time.perf_counter()
-        counts = await asyncio.gather(*(one_stream(client, url, k, output_tokens) for k in range(streams)))
+        counts = await asyncio.gather(*(one(client, url, k, output_tokens) for k in range(streams)))
         return sum(counts) / (time.perf_counter() - started)
 
 

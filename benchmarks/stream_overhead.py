@@ -40,9 +40,14 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return times
 
 
+def question(k: int) -> str:
+    return f"Question {k}: explain continuous batching."
+
+
 async def one(client: httpx.AsyncClient, url: str, k: int, max_tokens: int) -> int:
+    """One streamed chat of `max_tokens` tokens (ignore_eos); the completion tokens its usage reports."""
     body = {
-        "messages": [{"role": "user", "content": f"Question {k}: explain continuous batching."}],
+        "messages": [{"role": "user", "content": question(k)}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
