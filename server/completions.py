@@ -83,13 +83,18 @@ def _prompts(request: CompletionRequest) -> list[str] | list[list[int]]:
     return list(prompt)  # type: ignore[arg-type]
 
 
+def check_token_ids(tokenizer: Tokenizer, ids: list[int], param: str) -> None:
+    outside = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
+    if outside:
+        raise bad_request(f"token ids outside the vocabulary [0, {tokenizer.vocab_size}): {outside[:5]}", param)
+
+
 def tokenize_prompt(tokenizer: Tokenizer, prompt: str | list[int], img_context_id: int) -> PromptInputs:
     """Runs in the worker pool. A text completion has no images, so no image token may be in it."""
     if isinstance(prompt, str):
         ids, text = tokenizer.encode(prompt), prompt
     else:
-        if not all(0 <= i < tokenizer.vocab_size for i in prompt):
-            raise bad_request(f"prompt token ids must be in [0, {tokenizer.vocab_size})", "prompt")
+        check_token_ids(tokenizer, prompt, "prompt")
         ids, text = list(prompt), tokenizer.decode(prompt)  # what `echo` shows: text, not <s>
     if img_context_id in ids:
         raise bad_request("a text prompt cannot hold image tokens; send images to /v1/chat/completions", "prompt")

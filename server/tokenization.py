@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from server.chat import build_prompt, to_conversation
+from server.completions import check_token_ids
 from server.errors import bad_request
 from server.generation import check_model
 from server.protocol import ChatCompletionRequest, ChatMessageIn, Tool
@@ -74,9 +75,7 @@ async def tokenize(state: ServerState, request: TokenizeRequest) -> TokenizeResp
 async def detokenize(state: ServerState, request: DetokenizeRequest) -> DetokenizeResponse:
     check_model(state, request)
     tokenizer = state.preprocessor.tokenizer
-    outside = [i for i in request.tokens if not 0 <= i < tokenizer.vocab_size]
-    if outside:
-        raise bad_request(f"token ids outside the vocabulary [0, {tokenizer.vocab_size}): {outside[:5]}", "tokens")
+    check_token_ids(tokenizer, request.tokens, "tokens")
     # Special tokens are kept, so that tokenize and detokenize round-trip.
     text = await state.pool.run(tokenizer.decode, request.tokens, False)
     return DetokenizeResponse(prompt=text)
