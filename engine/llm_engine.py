@@ -127,6 +127,8 @@ class LLMEngine:
         fast = FastPath.parse(self.config.fast_path, model.device, model.dtype)
         if fast.experts or fast.silu:
             model.pack_experts()
+        if fast.onednn:
+            model.reorder_linears()
         self.runner = ModelRunner(
             model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend, fast
         )

@@ -9,6 +9,8 @@ Each switch replaces one piece of the decoder with a faster form that equals it 
   Triton kernel.
 - `experts`: both experts as one grouped GEMM over the routed tokens (`torch._grouped_mm`) on the
   packed weights; text-only batches run w1|w3 as one GEMM.
+- `onednn` (CPU): every linear layer as a oneDNN GEMM on a weight reordered once
+  (`model/onednn_linear.py`).
 
 Packing (`MonoInternVL.pack_experts`) keeps the checkpoint-named weights as views of the packed
 tensors, so the plain path still runs on a packed model.
@@ -22,9 +24,11 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from model.onednn_linear import onednn_linear_works
+
 log = logging.getLogger(__name__)
 
-NAMES = ("norm", "rotary", "silu", "experts")
+NAMES = ("norm", "rotary", "silu", "experts", "onednn")
 
 
 @dataclass(frozen=True)
@@ -33,15 +37,17 @@ class FastPath:
     rotary: bool = False
     silu: bool = False
     experts: bool = False
+    onednn: bool = False
 
     @classmethod
     def parse(cls, spec: str, device: torch.device, dtype: torch.dtype) -> FastPath:
-        """`auto` (on CUDA, all that it runs; on the CPU none), `none`, or names joined by commas."""
+        """`auto` (all that runs on the device: on the CPU, only oneDNN, as the grouped GEMM is a loop
+        there and Triton an interpreter), `none`, or names joined by commas."""
         if spec == "none":
             return cls()
-        if spec == "auto":  # CUDA only: on the CPU the grouped GEMM is a loop and Triton an interpreter
+        if spec == "auto":
             if device.type != "cuda":
-                return cls()
+                return cls(onednn=onednn_linear_works(device, dtype))
             triton_ok = _triton_imports()
             return cls(triton_ok, triton_ok, triton_ok, grouped_mm_works(device, dtype))
         names = {name.strip() for name in spec.split(",") if name.strip()}
@@ -55,6 +61,8 @@ class FastPath:
             )
         if "experts" in names and not grouped_mm_works(device, dtype):
             raise ValueError(f"fast-path 'experts' needs torch._grouped_mm for {dtype} on {device.type}")
+        if "onednn" in names and not onednn_linear_works(device, dtype):
+            raise ValueError(f"fast-path 'onednn' needs torch's oneDNN linear for {dtype} on a CPU")
         return cls(**{f.name: f.name in names for f in fields(cls)})
 
     def __str__(self) -> str:

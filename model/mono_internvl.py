@@ -9,6 +9,7 @@ from model.config import ModelConfig
 from model.fast_path import FastPath
 from model.forward_batch import ForwardBatch, KVCache
 from model.internlm2 import PLAIN, ExpertRows, InternLM2VEForCausalLM
+from model.onednn_linear import reorder_linears
 from model.rope import RotaryEmbedding
 from model.vision import InternVisionPatchModel, pixel_shuffle
 
@@ -31,15 +32,15 @@ class MonoInternVL(nn.Module):
 
     def prepare(self) -> None:
         """Build what is derived from the config, on the device the weights now live on."""
-        self.rotary = RotaryEmbedding(self.config.llm, device=self.language_model.output.weight.device)
+        self.rotary = RotaryEmbedding(self.config.llm, device=self.device)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.language_model.output.weight.dtype
+        return self.language_model.model.tok_embeddings.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.language_model.output.weight.device
+        return self.language_model.model.tok_embeddings.weight.device
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: [tiles, 3, 448, 448] -> [tiles, num_image_token, llm_hidden]
@@ -64,6 +65,10 @@ class MonoInternVL(nn.Module):
         """Pack each layer's two experts (FastPath.silu and .experts run on the packed weights)."""
         for layer in self.language_model.model.layers:
             layer.pack_experts()
+
+    def reorder_linears(self) -> None:
+        """Every linear layer on oneDNN-reordered weights (FastPath.onednn)."""
+        reorder_linears(self)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, llm_hidden] -> [N, vocab] float32

@@ -11,6 +11,7 @@ import torch
 
 from model.fast_path import FastPath, grouped_mm_works
 from model.internlm2 import ExpertRows, InternLM2DecoderLayer
+from model.onednn_linear import OneDNNLinear, onednn_linear_works, reorder_linears
 from tests.test_decoder_math import config, randomize
 from tests.test_triton_decode import run_interpreted
 
@@ -117,10 +118,59 @@ def test_grouped_experts_equal_the_routed_experts_and_keep_the_checkpoint_names(
     assert layer.feed_forward_ve.w3.weight.data_ptr() == layer.w13[1, inter:].data_ptr()  # views, no copy
 
 
+needs_onednn = pytest.mark.skipif(
+    not onednn_linear_works(torch.device("cpu"), torch.float32), reason="this torch has no oneDNN linear"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_linears_equal_the_plain_layers(dtype):
+    layer = InternLM2DecoderLayer(config(4, 2))
+    randomize(layer, seed=4)
+    layer = layer.to(dtype)
+    x = torch.randn(10, 32, generator=torch.Generator().manual_seed(5)).to(dtype)
+    rows = ExpertRows.of(torch.tensor([0, 0, 1, 1, 1, 0, 1, 0, 0, 1], dtype=torch.bool))
+    with torch.inference_mode():
+        plain = layer.routed_ffn(x, rows), layer.attention.wqkv(x)
+        reorder_linears(layer)
+        ours = layer.routed_ffn(x, rows), layer.attention.wqkv(x)
+    assert isinstance(layer.feed_forward_ve.w2, OneDNNLinear) and isinstance(layer.attention.wo, OneDNNLinear)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+@needs_onednn
+def test_engine_on_onednn_linears_gives_the_plain_tokens(tiny_dir):
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+    from server.model_loading import load_checkpoint
+    from tests.conftest import png_bytes
+    from tests.engine_helpers import greedy_tokens
+
+    tokens = {}
+    for fast in ("none", "onednn"):
+        loaded = load_checkpoint(str(tiny_dir), "float32", "cpu")  # each engine prepares a model of its own
+        pre = loaded.preprocessor
+        image = pre.load_image(png_bytes(700, 300, seed=5), max_tiles=2)
+        prompts = [
+            pre.process([ChatMessage.text("user", "Tell me a story.")], []),
+            pre.process([ChatMessage("user", (ImagePart(0), TextPart("What is it?")))], [image]),
+        ]
+        engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=128, fast_path=fast))
+        assert engine.runner.fast.onednn == (fast == "onednn")
+        tokens[fast] = greedy_tokens(engine, prompts, max_tokens=8)
+    assert tokens["onednn"] == tokens["none"]
+    assert all(len(t) == 8 for t in tokens["none"].values())
+
+
 def test_parse():
     cpu = torch.device("cpu")
     assert FastPath.parse("none", cpu, torch.float32) == FastPath()
     assert not FastPath.parse("auto", cpu, torch.float32).norm  # the Triton kernels are for CUDA
+    works = onednn_linear_works(cpu, torch.float32)
+    assert FastPath.parse("auto", cpu, torch.float32) == FastPath(onednn=works)
     with pytest.raises(ValueError, match="unknown"):
         FastPath.parse("norm,warp", cpu, torch.float32)
 
