@@ -112,6 +112,53 @@ def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return F.scaled_dot_product_attention(*args, **options)[0].transpose(0, 1)
 
 
+# Decode rows whose padded K and V together stay under this attend in one batched call; the gathered
+# tensors then come from the allocator's free memory rather than fresh pages from the kernel.
+BATCHED_DECODE_BYTES = 32 << 20
+BATCHED_DECODE_PADDING = 1.25  # at most this many padded context tokens per real one
+
+
+def batchable_decodes(batch: ForwardBatch, itemsize: int, kv_heads: int, head_dim: int) -> list[int]:
+    """The one-token requests to attend together: two or more, of similar context lengths, small."""
+    decodes = [b for b, n in enumerate(batch.query_lens) if n == 1]
+    if len(decodes) < 2:
+        return []
+    lengths = [batch.seq_lens[b] for b in decodes]
+    padded = len(decodes) * max(lengths)
+    gathered_bytes = 2 * padded * kv_heads * head_dim * itemsize
+    if padded > BATCHED_DECODE_PADDING * sum(lengths) or gathered_bytes > BATCHED_DECODE_BYTES:
+        return []
+    return decodes
+
+
+def padded_decode(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, tables: torch.Tensor, seq_lens: list[int]
+) -> torch.Tensor:
+    """One query per request, every request's context gathered to the longest one's and masked past
+    its own: one attention call for them all instead of one per request.
+
+    q: [D, heads, d]; tables: [D, blocks] -> [D, heads, d].
+    """
+    rows, heads, d = q.shape
+    block_size, kv_heads = key_cache.shape[1:3]
+    blocks = -(-max(seq_lens) // block_size)
+    width = blocks * block_size
+    index = tables[:, :blocks].reshape(-1)  # the table's padding points at block 0: read, then masked
+    keys = key_cache.index_select(0, index).view(rows, width, kv_heads, d).to(q.dtype)
+    values = value_cache.index_select(0, index).view(rows, width, kv_heads, d).to(q.dtype)
+    lengths = torch.tensor(seq_lens, device=q.device)
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:  # as causal_gqa: two GEMMs in the eager order
+        group = heads // kv_heads
+        scores = torch.matmul(q.view(rows, kv_heads, group, d), keys.permute(0, 2, 3, 1)).div_(math.sqrt(d))
+        hidden = torch.arange(width, device=q.device)[None, :] >= lengths[:, None]
+        scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, values.transpose(1, 2)).reshape(rows, heads, d)
+    seen = (torch.arange(width, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
+    args = (q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2))
+    return F.scaled_dot_product_attention(*args, attn_mask=seen, enable_gqa=True)[:, :, 0]
+
+
 def paged_attention(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: ForwardBatch
 ) -> torch.Tensor:
@@ -127,6 +174,12 @@ def paged_attention(
         )
         served = set(batch.decode.requests)
     starts = batch.query_start_loc
+    together = [] if served else batchable_decodes(batch, key_cache.element_size(), *key_cache.shape[2:])
+    if together:
+        rows = torch.tensor([starts[b] for b in together], device=q.device)
+        lengths = [batch.seq_lens[b] for b in together]
+        out[rows] = padded_decode(q[rows], key_cache, value_cache, batch.block_tables[together], lengths)
+        served = set(together)
     for b, seq_len in enumerate(batch.seq_lens):
         if b in served:
             continue

@@ -156,3 +156,41 @@ def test_all_text_batch_skips_the_visual_expert():
     layer.feed_forward_ve.register_forward_hook(lambda *a: calls.append(1))
     layer.routed_ffn(torch.randn(3, 32), ExpertRows.of(torch.zeros(3, dtype=torch.bool)))
     assert not calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lengths", [(9, 8, 10, 10), (9, 2, 10, 10)])
+def test_decode_rows_attended_together_equal_float64_attention(dtype, lengths):
+    # Three one-token requests beside a 3-token chunk (the last length): similar contexts attend in one
+    # padded call, a short one among long ones makes the padding too costly and each attends alone.
+    from model.paged_attention import batchable_decodes, paged_attention
+    from tests.naive_math import causal_attention as full
+
+    heads, kv_heads, d, block_size = 4, 2, 8, 4
+    g = torch.Generator().manual_seed(sum(lengths))
+    cache_k = torch.randn(16, block_size, kv_heads, d, generator=g).to(dtype)
+    cache_v = torch.randn(16, block_size, kv_heads, d, generator=g).to(dtype)
+    tables = torch.tensor([[3, 7, 1], [9, 2, 0], [4, 12, 5], [8, 6, 11]])
+    query_lens = [1, 1, 1, 3]
+    batch = ForwardBatch(
+        input_ids=torch.zeros(6, dtype=torch.long),
+        positions=torch.zeros(6, dtype=torch.long),
+        visual_mask=torch.zeros(6, dtype=torch.bool),
+        visual_embeds=None,
+        slot_mapping=torch.zeros(6, dtype=torch.long),
+        block_tables=tables,
+        query_lens=query_lens,
+        seq_lens=list(lengths),
+    )
+    assert (batchable_decodes(batch, cache_k.element_size(), kv_heads, d) == [0, 1, 2]) == (min(lengths) > 2)
+    q = torch.randn(6, heads, d, generator=g).to(dtype)
+    ours = paged_attention(q, cache_k, cache_v, batch)
+    row = 0
+    for b, (n, length) in enumerate(zip(query_lens, lengths, strict=True)):
+        keys = cache_k[tables[b]].flatten(0, 1)[:length].double()
+        values = cache_v[tables[b]].flatten(0, 1)[:length].double()
+        queries = torch.cat([torch.zeros(length - n, heads, d, dtype=torch.float64), q[row : row + n].double()])
+        expected = full(queries, keys, values)[-n:]
+        tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(ours[row : row + n].double(), expected, rtol=tolerance, atol=tolerance)
+        row += n
