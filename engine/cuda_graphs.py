@@ -8,7 +8,9 @@ graph's static buffers. A batch is padded to the next captured size; the padding
 K/V to a scratch block that no request owns and attend to one token of it.
 
 Only what depends on the step's data crosses in: token ids, the rotary cos/sin (computed outside,
-so any RoPE scaling works), KV slots, block tables and context lengths. Contexts are bounded by
+so any RoPE scaling works), KV slots, block tables and context lengths. The host writes them from
+the step's layout into pinned staging buffers, padding included, and two copies carry them into
+the graph's buffers: no device tensor is built for the step. Contexts are bounded by
 `max_len`, which fixes the block-table width and so the decode kernel's partitions; longer
 requests, prefill chunks and image tokens take the eager path.
 
@@ -22,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from engine.step_layout import StepLayout
 from model.fast_path import FastPath
 from model.forward_batch import DecodeRows, ForwardBatch, KVCache
 from model.mono_internvl import MonoInternVL
@@ -53,43 +56,59 @@ class DecodeGraphs:
         self.scratch_slot = scratch_block * block_size
         device = model.device
         head_dim = model.config.llm.head_dim
-        self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
+        width = -(-max_len // block_size)
+        pinned = device.type == "cuda"
+        # Rows of `columns`: token ids, positions, KV slots, context lengths; staged on the host first.
+        self.staged = torch.zeros(4, max_batch, dtype=torch.long, pin_memory=pinned)
+        self.staged_tables = torch.full((max_batch, width), scratch_block, dtype=torch.long, pin_memory=pinned)
+        self.columns = torch.zeros(4, max_batch, dtype=torch.long, device=device)
+        self.input_ids, self.positions, self.slot_mapping = self.columns[0], self.columns[1], self.columns[2]
+        self.slot_mapping.fill_(self.scratch_slot)
+        self.block_tables = torch.full((max_batch, width), scratch_block, dtype=torch.long, device=device)
+        self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
         self.cos = torch.zeros(max_batch, head_dim, device=device)
         self.sin = torch.zeros(max_batch, head_dim, device=device)
-        self.slot_mapping = torch.full((max_batch,), self.scratch_slot, dtype=torch.long, device=device)
-        self.block_tables = torch.full(
-            (max_batch, -(-max_len // block_size)), scratch_block, dtype=torch.long, device=device
-        )
-        self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         if capture:
             self._capture()
 
-    def fits(self, batch: ForwardBatch) -> bool:
+    def fits(self, layout: StepLayout) -> bool:
         """Every request decodes one text token, within the captured batch sizes and context length."""
         return (
-            batch.decodes_whole_batch
-            and len(batch.seq_lens) <= self.sizes[-1]
-            and batch.visual_embeds is None
-            and max(batch.seq_lens) <= self.max_len
-            and batch.block_tables.shape[1] <= self.block_tables.shape[1]
+            layout.decodes_only
+            and len(layout.seq_lens) <= self.sizes[-1]
+            and not any(layout.visual)
+            and max(layout.seq_lens) <= self.max_len
+            and layout.tables.shape[1] <= self.block_tables.shape[1]
         )
 
     @torch.inference_mode()
-    def run(self, batch: ForwardBatch) -> torch.Tensor:
-        """[B, vocab] float32 logits of a batch that `fits`."""
-        n = len(batch.seq_lens)
+    def run(self, layout: StepLayout) -> torch.Tensor:
+        """[B, vocab] float32 logits of a step that `fits`."""
+        n = len(layout.seq_lens)
         size = next(s for s in self.sizes if s >= n)
-        cos, sin = self.model.rotary.cos_sin(batch.positions, batch.rope_lens, batch.positions_end)
-        self.input_ids[:n].copy_(batch.input_ids)
+        staged = self.staged.numpy()
+        staged[0, :n], staged[1, :n], staged[2, :n], staged[3, :n] = (
+            layout.ids,
+            layout.positions,
+            layout.slots,
+            layout.seq_lens,
+        )
+        staged[2, n:size] = self.scratch_slot  # padding must never write a live slot
+        staged[3, n:size] = 1
+        width = layout.tables.shape[1]
+        self.staged_tables.numpy()[:n, :width] = layout.tables
+        # The staging is rewritten only after this step's logits reach the host, so the copies are done.
+        self.columns[:, :size].copy_(self.staged[:, :size], non_blocking=True)
+        self.block_tables[:n, :width].copy_(self.staged_tables[:n, :width], non_blocking=True)
+        self.seq_lens[:size].copy_(self.columns[3, :size])
+        rope_lens = None
+        if max(layout.rope_lens) > self.model.config.llm.max_position_embeddings:
+            rope_lens = torch.tensor(layout.rope_lens, device=self.columns.device)
+        cos, sin = self.model.rotary.cos_sin(self.positions[:n], rope_lens, max(layout.positions) + 1)
         self.cos[:n].copy_(cos)
         self.sin[:n].copy_(sin)
-        self.slot_mapping[:n].copy_(batch.slot_mapping)
-        self.slot_mapping[n:size].fill_(self.scratch_slot)  # padding must never write a live slot
-        self.block_tables[:n, : batch.block_tables.shape[1]].copy_(batch.block_tables)
-        self.seq_lens[:n].copy_(batch.decode.seq_lens)
-        self.seq_lens[n:size].fill_(1)
         if size in self.graphs:
             self.graphs[size].replay()
             return self.logits[size][:n]
@@ -98,8 +117,8 @@ class DecodeGraphs:
     def _forward(self, size: int) -> torch.Tensor:
         batch = ForwardBatch(
             input_ids=self.input_ids[:size],
-            positions=self.input_ids[:size],  # unused: the rotary angles come in through cos/sin
-            visual_mask=torch.zeros(size, dtype=torch.bool, device=self.input_ids.device),
+            positions=self.positions[:size],  # unused: the rotary angles come in through cos/sin
+            expert_rows=None,
             visual_embeds=None,
             slot_mapping=self.slot_mapping[:size],
             block_tables=self.block_tables[:size],
@@ -113,9 +132,7 @@ class DecodeGraphs:
             self.block_tables[:size],
             self.seq_lens[:size],
         )
-        llm = self.model.language_model
-        x = llm.model.tok_embeddings(batch.input_ids)
-        hidden = llm.model(x, self.cos[:size], self.sin[:size], self.kv_cache, batch, None, self.fast)
+        hidden = self.model(batch, self.kv_cache, self.fast, cos_sin=(self.cos[:size], self.sin[:size]))
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()

@@ -15,9 +15,10 @@ from engine.outputs import TokenLogprob
 from engine.request import Request
 from engine.sampler import token_logprobs
 from engine.scheduler import ScheduledChunk
+from engine.step_layout import StepLayout, lay_out
 from engine.vision_cache import VisionCache
 from model.fast_path import FastPath, triton_runs_on
-from model.forward_batch import DecodeRows, ForwardBatch, KVCache
+from model.forward_batch import DecodeRows, ExpertRows, ForwardBatch, KVCache
 from model.internlm2 import PLAIN
 from model.mono_internvl import MonoInternVL
 
@@ -90,11 +91,12 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> StepLogits:
-        batch, logits_rows = self.build_batch(chunks)
-        if self.graphs is not None and len(logits_rows) == len(chunks) and self.graphs.fits(batch):
-            return StepLogits(self.graphs.run(batch))  # every chunk samples: every row's logits are wanted
+        layout = lay_out(chunks, self.block_size, self.img_context_id)
+        if self.graphs is not None and self.graphs.fits(layout):
+            return StepLogits(self.graphs.run(layout))  # every chunk samples: every row's logits are wanted
+        batch = self.build_batch(chunks, layout)
         hidden = self.model(batch, self.kv_cache, self.fast)
-        rows = torch.tensor(logits_rows, dtype=torch.long, device=hidden.device)
+        rows = torch.tensor(layout.logits_indices, dtype=torch.long, device=hidden.device)
         return StepLogits(self.model.compute_logits(hidden[rows]), self.prompt_logprobs(chunks, hidden))
 
     def prompt_logprobs(self, chunks: list[ScheduledChunk], hidden: torch.Tensor) -> list[PromptLogprobs]:
@@ -116,50 +118,29 @@ class ModelRunner:
             offset += chunk.num_tokens
         return found
 
-    def build_batch(self, chunks: list[ScheduledChunk]) -> tuple[ForwardBatch, list[int]]:
-        """The step's flat batch, and the rows of the tokens whose logits are sampled."""
-        ids, positions, rope_lens, visual, slots = [], [], [], [], []
-        query_lens, seq_lens, logits_indices = [], [], []
-        for chunk in chunks:
-            request = chunk.request
-            start = request.num_computed_tokens
-            end = start + chunk.num_tokens
-            prompt_len = request.num_prompt_tokens
-            table = request.block_table
-            for pos in range(start, end):
-                token = request.token_ids[pos]
-                ids.append(token)
-                positions.append(pos)
-                rope_lens.append(max(pos + 1, prompt_len))
-                visual.append(token == self.img_context_id and pos < prompt_len)
-                slots.append(table[pos // self.block_size] * self.block_size + pos % self.block_size)
-            query_lens.append(chunk.num_tokens)
-            seq_lens.append(end)
-            if chunk.samples:
-                logits_indices.append(len(ids) - 1)
-        # Lists to tensors through numpy: torch.tensor walks nested lists element by element
-        # (benchmarks/host_overhead.py measures both; docs/performance.md has the figures).
-        tables = np.zeros((len(chunks), max(len(c.request.block_table) for c in chunks)), dtype=np.int64)
-        for row, chunk in enumerate(chunks):
-            tables[row, : len(chunk.request.block_table)] = chunk.request.block_table
+    def build_batch(self, chunks: list[ScheduledChunk], layout: StepLayout | None = None) -> ForwardBatch:
+        """The step's flat batch on the model's device."""
+        layout = layout or lay_out(chunks, self.block_size, self.img_context_id)
         device = self.model.device
         # One host-to-device copy for the per-token columns; each copy costs a round trip on CUDA.
-        columns = torch.from_numpy(np.array([ids, positions, slots, rope_lens, visual], dtype=np.int64)).to(device)
-        dynamic_rope = max(rope_lens) > self.model.config.llm.max_position_embeddings
+        columns = torch.from_numpy(
+            np.array([layout.ids, layout.positions, layout.slots, layout.rope_lens], dtype=np.int64)
+        ).to(device)
+        visual = any(layout.visual)
         batch = ForwardBatch(
             input_ids=columns[0],
             positions=columns[1],
-            visual_mask=columns[4].bool(),
-            visual_embeds=self.visual_embeds(chunks) if any(visual) else None,
+            expert_rows=ExpertRows.of(layout.visual, device) if visual else None,
+            visual_embeds=self.visual_embeds(chunks) if visual else None,
             slot_mapping=columns[2],
-            block_tables=torch.from_numpy(tables).to(device),
-            query_lens=query_lens,
-            seq_lens=seq_lens,
-            rope_lens=columns[3] if dynamic_rope else None,
-            positions_end=max(positions) + 1,
+            block_tables=torch.from_numpy(layout.tables).to(device),
+            query_lens=layout.query_lens,
+            seq_lens=layout.seq_lens,
+            rope_lens=columns[3] if max(layout.rope_lens) > self.model.config.llm.max_position_embeddings else None,
+            positions_end=max(layout.positions) + 1,
         )
         batch.decode = self.decode_rows(chunks, batch)
-        return batch, logits_indices
+        return batch
 
     def decode_rows(self, chunks: list[ScheduledChunk], batch: ForwardBatch) -> DecodeRows | None:
         requests = [b for b, chunk in enumerate(chunks) if chunk.num_tokens == 1]

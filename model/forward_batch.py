@@ -7,9 +7,11 @@ which are the last `query_lens[b]` of its `seq_lens[b]` context tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from model.config import LLMConfig
@@ -49,6 +51,29 @@ class KVCache:
         return per_token * block_size * torch.empty(0, dtype=dtype).element_size()
 
 
+class ExpertRows(NamedTuple):
+    """Which token rows take which expert; found once per forward on the host, used by every layer."""
+
+    visual: torch.Tensor  # rows of <IMG_CONTEXT> tokens -> feed_forward_ve
+    text: torch.Tensor  # all other rows -> feed_forward
+    order: torch.Tensor  # text rows then visual rows: the grouped GEMM's token order
+    offsets: torch.Tensor  # [2] int32, where the text group and the visual group end in `order`
+
+    @classmethod
+    def of(
+        cls, visual: Sequence[bool] | np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
+    ) -> ExpertRows | None:
+        """From the host's mask of visual rows, in one copy to the device; None when no row is visual
+        (the layers then skip the split)."""
+        mask = np.asarray(visual, dtype=bool)
+        if not mask.any():
+            return None
+        text, image = np.flatnonzero(~mask), np.flatnonzero(mask)
+        packed = torch.from_numpy(np.concatenate([text, image, [len(text), len(mask)]])).to(device)
+        order = packed[: len(mask)]
+        return cls(order[len(text) :], order[: len(text)], order, packed[len(mask) :].to(torch.int32))
+
+
 @dataclass
 class DecodeRows:
     """The requests of a step that decode one token, for a kernel that serves them in one launch."""
@@ -64,8 +89,8 @@ class DecodeRows:
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64, token index in its sequence
-    visual_mask: torch.Tensor  # [T] bool, True at <IMG_CONTEXT> tokens
-    visual_embeds: torch.Tensor | None  # [V, hidden], rows for the True entries of visual_mask, in order
+    expert_rows: ExpertRows | None  # the <IMG_CONTEXT> rows and the rest; None: every row is text
+    visual_embeds: torch.Tensor | None  # [V, hidden], one row for each of expert_rows.visual, in order
     slot_mapping: torch.Tensor  # [T] int64, block * block_size + offset where each token's K/V go
     block_tables: torch.Tensor  # [B, max_blocks] int64
     query_lens: list[int]  # [B] tokens of each request in this step

@@ -6,15 +6,13 @@ name match. Every forward takes a flat batch of tokens from many requests (`Forw
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.config import LLMConfig
 from model.fast_path import FastPath
-from model.forward_batch import ForwardBatch, KVCache
+from model.forward_batch import ExpertRows, ForwardBatch, KVCache
 from model.paged_attention import paged_attention, write_kv
 from model.rope import apply_rotary
 
@@ -90,25 +88,6 @@ class InternLM2Attention(nn.Module):
             write_kv(key_cache, value_cache, k, v, batch.slot_mapping)
         out = paged_attention(q, key_cache, value_cache, batch)
         return self.wo(out.reshape(tokens, self.heads * self.head_dim))
-
-
-class ExpertRows(NamedTuple):
-    """Which token rows take which expert; found once per forward, used by every layer."""
-
-    visual: torch.Tensor  # rows of <IMG_CONTEXT> tokens -> feed_forward_ve
-    text: torch.Tensor  # all other rows -> feed_forward
-    order: torch.Tensor  # text rows then visual rows: the grouped GEMM's token order
-    offsets: torch.Tensor  # [2] int32, where the text group and the visual group end in `order`
-
-    @classmethod
-    def of(cls, visual_mask: torch.Tensor) -> ExpertRows | None:
-        """None when no token is visual: the layers then skip the split."""
-        if not bool(visual_mask.any()):
-            return None
-        visual, text = visual_mask.nonzero().squeeze(1), (~visual_mask).nonzero().squeeze(1)
-        ends = [text.numel(), visual_mask.numel()]
-        offsets = torch.tensor(ends, dtype=torch.int32, device=visual_mask.device)
-        return cls(visual, text, torch.cat([text, visual]), offsets)
 
 
 class InternLM2DecoderLayer(nn.Module):

@@ -8,7 +8,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.fast_path import FastPath
 from model.forward_batch import ForwardBatch, KVCache
-from model.internlm2 import PLAIN, ExpertRows, InternLM2VEForCausalLM
+from model.internlm2 import PLAIN, InternLM2VEForCausalLM
 from model.onednn_linear import reorder_linears
 from model.rope import RotaryEmbedding
 from model.vision import InternVisionPatchModel, pixel_shuffle
@@ -50,16 +50,22 @@ class MonoInternVL(nn.Module):
         grid = pixel_shuffle(patches.reshape(tiles, side, side, channels), self.config.shuffle_factor)
         return self.mlp1(grid.reshape(tiles, -1, grid.shape[-1]))
 
-    def forward(self, batch: ForwardBatch, kv_cache: KVCache, fast: FastPath = PLAIN) -> torch.Tensor:
-        # -> [T, llm_hidden] final hidden states (normed); logits come from compute_logits
+    def forward(
+        self,
+        batch: ForwardBatch,
+        kv_cache: KVCache,
+        fast: FastPath = PLAIN,
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # -> [T, llm_hidden] final hidden states (normed); logits come from compute_logits. cos_sin: the
+        # rotary angles of the batch's positions when the caller holds them (a CUDA graph's buffers).
         assert self.rotary is not None, "call prepare() after loading"
         x = self.language_model.model.tok_embeddings(batch.input_ids)
-        expert_rows = None
-        if batch.visual_embeds is not None and batch.visual_embeds.numel():
-            x = x.index_put((batch.visual_mask,), batch.visual_embeds.to(x.dtype))
-            expert_rows = ExpertRows.of(batch.visual_mask)
-        cos, sin = self.rotary.cos_sin(batch.positions, batch.rope_lens, batch.positions_end)
-        return self.language_model.model(x, cos, sin, kv_cache, batch, expert_rows, fast)
+        rows = batch.expert_rows
+        if rows is not None:
+            x = x.index_copy(0, rows.visual, batch.visual_embeds.to(x.dtype))
+        cos, sin = cos_sin or self.rotary.cos_sin(batch.positions, batch.rope_lens, batch.positions_end)
+        return self.language_model.model(x, cos, sin, kv_cache, batch, rows, fast)
 
     def pack_experts(self) -> None:
         """Pack each layer's two experts (FastPath.silu and .experts run on the packed weights)."""

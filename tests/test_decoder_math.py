@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from model.config import LLMConfig
-from model.forward_batch import ForwardBatch, KVCache
-from model.internlm2 import ExpertRows, InternLM2Attention, InternLM2DecoderLayer
+from model.forward_batch import ExpertRows, ForwardBatch, KVCache
+from model.internlm2 import InternLM2Attention, InternLM2DecoderLayer
 from model.paged_attention import blocked_causal_gqa, causal_gqa, one_query_gqa
 from model.rope import RotaryEmbedding
 from tests.naive_math import causal_attention, rope_angles, rotate_pairs, silu_ffn, split_wqkv
@@ -56,7 +56,7 @@ def two_request_steps(cfg: LLMConfig, block_size: int = 4):
         return ForwardBatch(
             input_ids=torch.zeros(t, dtype=torch.long),
             positions=torch.tensor(positions),
-            visual_mask=torch.zeros(t, dtype=torch.bool),
+            expert_rows=None,
             visual_embeds=None,
             slot_mapping=torch.tensor(slot_list),
             block_tables=tables,
@@ -175,7 +175,7 @@ def test_decode_rows_attended_together_equal_float64_attention(dtype, lengths):
     batch = ForwardBatch(
         input_ids=torch.zeros(6, dtype=torch.long),
         positions=torch.zeros(6, dtype=torch.long),
-        visual_mask=torch.zeros(6, dtype=torch.bool),
+        expert_rows=None,
         visual_embeds=None,
         slot_mapping=torch.zeros(6, dtype=torch.long),
         block_tables=tables,

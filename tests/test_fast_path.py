@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model.fast_path import FastPath, grouped_mm_works
-from model.internlm2 import ExpertRows, InternLM2DecoderLayer
+from model.forward_batch import ExpertRows
+from model.internlm2 import InternLM2DecoderLayer
 from model.onednn_linear import OneDNNLinear, onednn_linear_works, reorder_linears
 from tests.test_decoder_math import config, randomize
 from tests.test_triton_decode import run_interpreted

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
 from engine.sampling_params import SamplingParams
-from model.forward_batch import ForwardBatch, KVCache
+from model.forward_batch import ExpertRows, ForwardBatch, KVCache
 from model.loader import load_model, weight_files
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from preprocessing.processor import Preprocessor
@@ -35,7 +35,7 @@ def prefill_logits(model, inputs, img_context_id):
     batch = ForwardBatch(
         input_ids=ids,
         positions=positions,
-        visual_mask=ids == img_context_id,
+        expert_rows=ExpertRows.of(ids == img_context_id),
         visual_embeds=visual_embeddings(model, inputs),
         slot_mapping=positions,
         block_tables=torch.arange(cache.num_blocks)[None],

@@ -108,7 +108,7 @@ GRAPH_BUFFERS = textwrap.dedent("""
             graphs = DecodeGraphs(loaded.model, engine.kv_cache, engine.runner.decode_kernel, engine.runner.fast,
                                   scratch_block=256, max_batch=8, max_len=200, capture=False)
             run = graphs.run
-            graphs.run = lambda batch: replays.append(len(batch.seq_lens)) or run(batch)
+            graphs.run = lambda layout: replays.append(len(layout.seq_lens)) or run(layout)
             engine.runner.graphs = graphs
         # Five at once: while the image chat (327 tokens, past max_len) runs, every step is eager; then
         # the text chats decode in batches of 4, 3 (padded to 4), 2 and 1 through the buffers.
