@@ -1,14 +1,15 @@
 """What the HTTP server costs over its engine: the same chats, engine alone and through the server.
 
-    python -m benchmarks.http_tax [--streams 1 16 64] [--output-tokens 128] [--rounds 3] [--profile DIR] [shape flags]
+    python -m benchmarks.http_tax [--streams 1 16 64] [--output-tokens 128] [--rounds 3] [--profile DIR]
 
 For each stream count, in one run on one machine: N text chats of --output-tokens tokens each
 (ignore_eos, so every run decodes the same tokens) through an `LLMEngine` stepped in this process,
 then through `monovl serve` (a fresh server, streaming over loopback with httpx). Each side runs
 --rounds rounds of new chats (new questions, so no round hits the prefix cache of another) and
 reports the median round. Prints output tokens/s for both, the server's share of the engine's,
-and the server's concurrent throughput against its own one-stream figure. `--profile DIR` records the server under py-spy (both threads,
-`--idle` off) for the largest stream count and writes a speedscope JSON there.
+and the server's concurrent throughput against its own one-stream figure. `--profile DIR` records
+the server under py-spy (both threads, `--idle` off) for the largest stream count and writes a
+speedscope JSON there. The shape flags (--hidden, --layers, ...) size the random checkpoint.
 """
 
 from __future__ import annotations
