@@ -27,8 +27,8 @@ from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.tiny_weights import TinyShape
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+from preprocessing.checkpoint import load_checkpoint
+from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 # The mid-size random model of the CPU figures: 231M parameters.
 MID_SIZE = TinyShape(hidden=1024, layers=8, heads=16, kv_heads=8, intermediate=4096, vit_hidden=256)

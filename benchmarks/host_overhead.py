@@ -19,8 +19,8 @@ from benchmarks.engine_bench import machine, workload
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampler import sample
 from model.tiny_weights import TinyShape
-from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import bench_checkpoint
+from preprocessing.checkpoint import load_checkpoint
+from preprocessing.tiny_checkpoint import bench_checkpoint
 
 
 def mean_ms(fn, repeats: int = 200) -> float:

@@ -24,13 +24,13 @@ from pathlib import Path
 import httpx
 
 from benchmarks.engine_bench import MID_SIZE, machine
+from benchmarks.server_process import ServerProcess
 from benchmarks.stream_overhead import one, question
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage
-from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
-from tests.server_helpers import ServerProcess
+from preprocessing.checkpoint import load_checkpoint
+from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 
 def median(values: list[float]) -> float:

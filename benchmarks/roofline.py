@@ -23,8 +23,8 @@ from engine.sampling_params import SamplingParams
 from model.mono_internvl import MonoInternVL
 from model.tiny_weights import TinyShape
 from preprocessing.chat_template import ChatMessage
-from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+from preprocessing.checkpoint import load_checkpoint
+from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 # The LLM shape of OpenGVLab/Mono-InternVL-2B, its 92,553-row embedding and LM head included (the
 # tiny tokenizer decodes the first thousand; the rest are rows with no text, as padding would be).

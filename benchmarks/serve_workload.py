@@ -24,11 +24,11 @@ from benchmarks.engine_bench import MID_SIZE, machine
 from benchmarks.serve_bench import workload
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
+from preprocessing.checkpoint import load_checkpoint
+from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from server.chat import preprocess, to_conversation
 from server.image_urls import decode_data_url
-from server.model_loading import load_checkpoint
 from server.protocol import ChatCompletionRequest
-from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 
 def run(engine: LLMEngine, chats, params: SamplingParams) -> tuple:

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks.engine_bench import machine
+from benchmarks.server_process import ServerProcess
 from model.tiny_weights import TinyShape
-from server.tiny_checkpoint import bench_checkpoint
-from tests.server_helpers import ServerProcess
+from preprocessing.tiny_checkpoint import bench_checkpoint
 
 
 def thread_cpu_ns(pid: int) -> dict[int, int]:

@@ -25,8 +25,8 @@ from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.structured_output import GrammarBatch, Grammars, StructuredOutput, Vocabulary
 from preprocessing.chat_template import ChatMessage
-from server.model_loading import load_checkpoint
-from server.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+from preprocessing.checkpoint import load_checkpoint
+from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 # A string that cannot close within the run: every constrained chat decodes all --output-tokens.
 SCHEMA = {

@@ -8,9 +8,8 @@ request, which frees its KV blocks before the next step.
 The engine is built on its thread too (`build` loads the model there), so that one thread runs
 all of the server's parallel torch work. With torch's OpenMP (libgomp) every thread that runs a
 parallel region keeps a team of worker threads; once the process holds more of them than it has
-CPUs, idle workers stop spinning and each small op waits for a futex wake-up. On a 2-core machine
-a model loaded on one thread and run on another took about 236 ms a decode step instead of 135 ms
-(`benchmarks/serve_workload.py --dtype bfloat16 [--run-on-another-thread]`).
+CPUs, idle workers stop spinning and each small op waits for a futex wake-up
+(`benchmarks/serve_workload.py --run-on-another-thread` shows the cost).
 """
 
 from __future__ import annotations

@@ -13,15 +13,17 @@ from engine.block_pool import BlockPool
 from engine.cuda_graphs import DecodeGraphs
 from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
 from engine.inputs import PromptInputs
+from engine.kv_pool import kv_pool_gib
 from engine.model_runner import ModelRunner, StepLogits
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.request import Request
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
+from engine.settings import setting
 from engine.structured_output import GrammarBatch, GrammarError, Grammars, Vocabulary
 from engine.vision_cache import VisionCache
-from model.fast_path import FastPath
+from model.fast_path import NAMES, FastPath
 from model.forward_batch import KVCache
 from model.mono_internvl import MonoInternVL
 
@@ -33,29 +35,61 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineConfig:
-    block_size: int = 16
+    """The engine's settings; those with a flag are `monovl serve`'s options too (engine/settings.py)."""
+
+    block_size: int = 16  # tokens per KV block
     num_kv_blocks: int | None = None  # None: from kv_cache_memory
-    kv_cache_memory: float = 1.0  # GiB for the KV pool
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 1024
-    # None: the context the model's config declares (LLMConfig.context_length, as vLLM derives it).
-    # Either way at most what the KV pool holds.
-    max_model_len: int | None = None
-    # While others run, a request takes at most this many prefill tokens a step, and a prompt with more
-    # is long (vLLM's flag). None or 0: max_num_batched_tokens. A smaller one shortens the steps beside
-    # a long prompt, at the cost of throughput (docs/reliability.md has both).
-    long_prefill_token_threshold: int | None = None
-    # Long prompts that prefill at once; further long ones wait (vLLM's flag and default).
-    max_num_partial_prefills: int = 1
-    enable_prefix_caching: bool = True
-    vision_cache_memory: float = 0.25  # GiB of cached visual embeddings
-    attention_backend: str = "auto"  # "torch", "triton" (paged decode kernel) or "auto" (triton on CUDA)
-    fast_path: str = "auto"  # optional kernels (model/fast_path.py): auto, none, or norm,rotary,silu,experts
-    cuda_graphs: bool = True  # replay decode steps as CUDA graphs (on CUDA, with the Triton kernel)
+    kv_cache_memory: float | None = setting(
+        None,
+        "GiB for the KV cache (default: room for --max-num-seqs contexts of 8k tokens, at most 90%% of the free "
+        "GPU memory, or 2 GiB on the CPU)",
+    )
+    kv_cache_fraction: float | None = setting(
+        None, "instead, this fraction of the memory free after loading (device memory on CUDA, RAM on CPU)"
+    )
+    max_num_seqs: int = setting(64, "requests running at once")
+    max_num_batched_tokens: int | None = setting(
+        None, "tokens per step, prefill chunks included (default: 8192 on CUDA, 512 on the CPU)"
+    )
+    max_model_len: int | None = setting(
+        None,
+        "context limit (default: the config's max_position_embeddings times its RoPE scaling factor, as vLLM "
+        "derives it; at most what the KV pool holds)",
+    )
+    long_prefill_token_threshold: int | None = setting(
+        None,
+        "most prefill tokens one request takes a step while others run; longer prompts are long (default and 0: "
+        "--max-num-batched-tokens, so long prompts are those that need more than one step). Smaller shortens "
+        "the steps beside a long prompt, at a cost in throughput (docs/reliability.md)",
+    )
+    max_num_partial_prefills: int = setting(
+        1, "long prompts that prefill at once; the others wait, shorter ones go past them (vLLM's flag)"
+    )
+    enable_prefix_caching: bool = setting(True, "turn off the prefix cache", flag="--no-prefix-caching", negate=True)
+    vision_cache_memory: float = setting(0.25, "GiB of cached image embeddings")
+    attention_backend: str = setting(
+        "auto",
+        "decode attention: the Triton paged kernel (auto: on CUDA) or the torch path",
+        choices=("auto", "torch", "triton"),
+    )
+    fast_path: str = setting(
+        "auto",
+        "optional kernels (model/fast_path.py): auto (all this device runs), none, or some of " + ",".join(NAMES),
+    )
+    cuda_graphs: bool = setting(
+        True, "no CUDA graphs: run every decode step eagerly (as vLLM's flag)", flag="--enforce-eager", negate=True
+    )
     cuda_graph_max_len: int = 8192  # longest context a captured decode step serves
-    # Structured outputs: JSON may carry free whitespace between its tokens (vLLM's default) or only
-    # the compact separators (the default here: a weak model cannot pad forever).
-    json_any_whitespace: bool = False
+    json_any_whitespace: bool = setting(
+        False,
+        "structured JSON outputs may put any whitespace between tokens (vLLM's default); without it, only the "
+        "compact separators, so a model cannot pad an answer with whitespace until max_tokens",
+    )
+
+    def batched_tokens(self, device: torch.device) -> int:
+        """max_num_batched_tokens, or the device's default: a GPU runs a long chunk in about the time of a
+        short one, a CPU's step grows with its tokens."""
+        return self.max_num_batched_tokens or (8192 if device.type == "cuda" else 512)
 
 
 class RequestError(ValueError):
@@ -106,14 +140,13 @@ class LLMEngine:
         llm = model.config.llm
         block_size = self.config.block_size
         num_blocks = self.config.num_kv_blocks or max(
-            2,
-            int(self.config.kv_cache_memory * 2**30 // KVCache.bytes_per_block(llm, block_size, model.dtype)),
+            2, int(kv_pool_gib(self.config, model) * 2**30 // KVCache.bytes_per_block(llm, block_size, model.dtype))
         )
         # One block more than the pool hands out: the scratch block that CUDA-graph padding rows write.
         self.kv_cache = KVCache.allocate(llm, num_blocks + 1, block_size, model.dtype, model.device)
         self.block_pool = BlockPool(num_blocks, block_size, self.config.enable_prefix_caching)
         self.max_model_len = self._max_model_len(num_blocks * block_size)
-        budget = self.config.max_num_batched_tokens
+        budget = self.config.batched_tokens(model.device)
         threshold = self._long_prefill_token_threshold()
         self.scheduler = Scheduler(
             self.block_pool,
@@ -382,7 +415,7 @@ class LLMEngine:
         return Grammars(vocabulary, any_whitespace=self.config.json_any_whitespace)
 
     def _long_prefill_token_threshold(self) -> int:
-        budget = self.config.max_num_batched_tokens
+        budget = self.config.batched_tokens(self.model.device)
         return min(self.config.long_prefill_token_threshold or budget, budget)
 
     def _rope_seed(self, request: Request) -> bytes:

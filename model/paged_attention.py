@@ -64,8 +64,8 @@ def blocked_causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
     torch's CPU flash attention runs its bfloat16 GEMMs at about the float32 rate; this path keeps
     two bfloat16 GEMMs per block and bounds each block's float32 scores (SCORE_BLOCK_BYTES) so the
-    softmax works in cache: a 512-token chunk at the end of 3,400 tokens of context, 28.7 against
-    46.8 ms on the 2-core EPYC (`benchmarks/attention_cpu.py`).
+    softmax works in cache (`benchmarks/attention_cpu.py` times both; docs/performance.md has the
+    figures).
     q: [n, heads, d]; k, v: [L, kv_heads, d] -> [n, heads, d].
     """
     n, heads, d = q.shape

@@ -11,8 +11,8 @@ so that a single request's context still spreads over the GPU.
 
 The number of partitions follows the block table's width, not the requests' lengths, so a CUDA
 graph captured with a fixed table width replays for any context that fits it. It is a run-time
-argument, not a compile-time one: eager steps of every table width share one compiled kernel (on
-an H200 each new compile cost about a second of a busy engine's time). It runs on CUDA,
+argument, not a compile-time one: eager steps of every table width share one compiled kernel, and
+a busy engine never stops to compile another. It runs on CUDA,
 and on the CPU under TRITON_INTERPRET=1 for tests.
 """
 

@@ -48,6 +48,8 @@ def create_app(state: ServerState) -> FastAPI:
         state.drain.draining = True
         state.engine.shutdown()
         state.pool.shutdown()
+        if state.fetch_pool is not None:
+            state.fetch_pool.shutdown()
 
     app = FastAPI(title="monovl", version=VERSION, lifespan=lifespan)
     app.state.monovl = state

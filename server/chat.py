@@ -183,7 +183,7 @@ async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
             param,
             "remote_images_disabled",
         )
-    return await state.pool.run(state.remote_images.fetch, url, param)
+    return await (state.fetch_pool or state.pool).run(state.remote_images.fetch, url, param)
 
 
 def wire_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> ChoiceLogprobs:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from server.tiny_checkpoint import add_shape_args, shape_from_args
+from preprocessing.tiny_checkpoint import add_shape_args, shape_from_args
 from server.version import version
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
-    from server.tiny_checkpoint import make_tiny_checkpoint
+    from preprocessing.tiny_checkpoint import make_tiny_checkpoint
 
     shape = shape_from_args(args)
     out = make_tiny_checkpoint(
@@ -124,7 +124,7 @@ def _conversation(args: argparse.Namespace, num_images: int) -> list:
 def _generate(args: argparse.Namespace) -> None:
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling_params import SamplingParams
-    from server.model_loading import load_checkpoint
+    from preprocessing.checkpoint import load_checkpoint
 
     images = [Path(p).read_bytes() for p in args.image]
     loaded = load_checkpoint(args.model, args.dtype, args.device)
@@ -140,8 +140,8 @@ def _generate(args: argparse.Namespace) -> None:
         logprobs=5 if args.json else None,
     )
     # A pool just large enough for this one request, with room to spare for the last block.
-    blocks = (inputs.num_tokens + args.max_tokens) // 16 + 2
-    engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=blocks, max_num_batched_tokens=8192))
+    blocks = (inputs.num_tokens + args.max_tokens) // EngineConfig.block_size + 2
+    engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=blocks))
     engine.add_request("generate", inputs, params)
     token_ids, logprobs, text, finish_reason = [], [], "", None
     while engine.has_unfinished():

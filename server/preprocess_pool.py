@@ -1,8 +1,10 @@
-"""The bounded worker pool that decodes, tiles and tokenizes off the event loop, and heals itself.
+"""A bounded pool of worker threads off the event loop, which heals itself.
 
+Preprocessing (decode, tiling, tokenizing) runs on one; remote image fetches, which wait on the
+network, on another, so slow hosts cannot hold up the images that came with their requests.
 Work runs on threads (PIL and sentencepiece release the GIL for the heavy parts). An exception in
-a job fails that request only; if the pool itself stops taking work (shut down or broken), it is
-replaced and the job is retried once, so one failure does not take preprocessing down for good.
+a job fails that request only. If the executor refuses a job (it stopped, or broke) while the pool
+is open, it is replaced and the job submitted again; after `shutdown`, a job is refused.
 """
 
 from __future__ import annotations
@@ -17,30 +19,35 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class PoolClosed(RuntimeError):
+    """The server is shutting down: no more work is taken."""
+
+
 class PreprocessPool:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, name: str = "monovl-preprocess") -> None:
+        if workers < 1:
+            raise ValueError(f"a worker pool needs at least one thread, not {workers}")
         self.workers = workers
+        self.name = name
         self.executor = self._new()
         self.restarts = 0
+        self.closed = False
 
     def _new(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="monovl-preprocess")
+        return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=self.name)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
+        if self.closed:
+            raise PoolClosed(f"the {self.name} pool is shut down")
         try:
-            return await loop.run_in_executor(self.executor, fn, *args)
-        except (BrokenExecutor, RuntimeError) as error:
-            if not _pool_is_gone(error):
-                raise
-            log.warning("preprocessing pool stopped (%s); starting a new one", error)
+            future = self.executor.submit(fn, *args)
+        except (BrokenExecutor, RuntimeError) as error:  # raised by submit only: the executor is not running
+            log.warning("%s pool stopped (%s); starting a new one", self.name, error)
             self.executor = self._new()
             self.restarts += 1
-            return await loop.run_in_executor(self.executor, fn, *args)
+            future = self.executor.submit(fn, *args)
+        return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
+        self.closed = True
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _pool_is_gone(error: BaseException) -> bool:
-    return isinstance(error, BrokenExecutor) or "after shutdown" in str(error) or "interpreter shutdown" in str(error)

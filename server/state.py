@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.async_engine import AsyncEngine
+from engine.settings import setting
 from preprocessing.processor import Preprocessor
 from server.drain import Drain
 from server.metrics import Metrics
@@ -14,18 +15,22 @@ from server.remote_images import RemoteImageFetcher
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """The HTTP side's settings; those with a flag are `monovl serve`'s options too (engine/settings.py)."""
+
     served_model_name: str
     model_path: str
     api_key: str | None = None
-    max_images_per_request: int = 8
-    max_image_tiles: int = 12
+    max_images_per_request: int = setting(8, "images one request may carry")
+    max_image_tiles: int = setting(12, "tile cap per image (a request's max_num_tiles may ask for fewer)")
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
-    body_timeout: float = 30.0  # seconds a request body may pause between two chunks
-    max_queue: int = 256  # requests in flight before 503
+    body_timeout: float = setting(30.0, "seconds a request body may pause between chunks (408)")
+    max_queue: int = setting(256, "requests in flight before 503")
     allowed_origins: tuple[str, ...] = ()
-    preprocess_workers: int = 2
-    stats_interval: float = 10.0  # seconds between the engine's stats lines in the log; 0: none
+    preprocess_workers: int = setting(
+        2, "threads that decode images, tile them and tokenize prompts (remote image fetches have their own)"
+    )
+    stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy")
 
 
 @dataclass
@@ -37,6 +42,7 @@ class ServerState:
     metrics: Metrics
     max_model_len: int
     remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused
+    fetch_pool: PreprocessPool | None = None  # the remote fetches' own threads
     drain: Drain = field(default_factory=lambda: Drain(graceful_timeout=30.0))
     in_flight: int = 0
 

@@ -16,7 +16,7 @@ from PIL import Image
 from model.loader import load_model
 from model.tiny_weights import TinyShape
 from preprocessing.processor import Preprocessor
-from server.tiny_checkpoint import make_tiny_checkpoint
+from preprocessing.tiny_checkpoint import make_tiny_checkpoint
 
 torch.set_num_threads(2)
 
@@ -72,7 +72,7 @@ def generate_cli(checkpoint: Path, prompt: str, max_tokens: int, *extra: str) ->
 @pytest.fixture(scope="session")
 def mono_server(tiny_dir):
     """One server, serving the tiny checkpoint as "mono", for the tests of its API's breadth."""
-    from tests.server_helpers import ServerProcess
+    from benchmarks.server_process import ServerProcess
 
     process = ServerProcess(tiny_dir, "--served-model-name", "mono")
     yield process

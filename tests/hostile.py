@@ -1,4 +1,4 @@
-"""Hostile and odd requests for the reliability tests and `scripts/reliability_run.py`.
+"""Hostile and odd requests for the reliability tests and `tests/reliability_run.py`.
 
 `HOSTILE` must each get a 4xx in OpenAI's error shape; `ODD_BUT_VALID` must be served (200).
 """

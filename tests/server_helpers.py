@@ -1,85 +1,12 @@
-"""Run `monovl serve` as a real process on a free loopback port, for the server tests."""
+"""What the server tests send that a client library would not: raw requests, data URLs."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(
-        self,
-        model: Path | None,
-        *args: str,
-        env: dict | None = None,
-        startup_s: float = 60,
-        module: str = "server.cli",  # tests.fault_injection runs the same command with a fault in it
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
-        if model is not None:
-            cmd += ["--model", str(model)]
-        # A file, not a pipe: nobody reads the log while the server runs, and a full pipe would block it.
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the server)
-        self.process = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
-        )
-        deadline = time.time() + startup_s
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not become healthy")
-
-    def metric(self, name: str, label: str = "") -> float:
-        """Sum of the samples of `name` whose labels contain `label`."""
-        text = httpx.get(f"{self.url}/metrics").text
-        samples = [line for line in text.splitlines() if line.startswith(name + "{") and label in line]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
-
-    def resident_mib(self, peak: bool = False) -> float:
-        """The server's resident memory now, or its peak since `reset_peak`."""
-        key = "VmHWM:" if peak else "VmRSS:"
-        with open(f"/proc/{self.process.pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
-
-    def reset_peak(self) -> None:
-        with open(f"/proc/{self.process.pid}/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current RSS
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.output()
+from benchmarks.server_process import ServerProcess
 
 
 def raw_request(server: ServerProcess, body: dict) -> socket.socket:

@@ -8,8 +8,8 @@ from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.loader import load_model
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from preprocessing.checkpoint import LoadedCheckpoint
 from preprocessing.processor import Preprocessor
-from server.model_loading import LoadedCheckpoint
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -162,8 +162,8 @@ def test_a_cuda_server_answers_concurrent_chats_as_the_cpu_server_does(tiny_dir)
 
     import httpx
 
+    from benchmarks.server_process import ServerProcess
     from tests.hostile import data_url, image_message
-    from tests.server_helpers import ServerProcess
 
     bodies = [{"messages": [{"role": "user", "content": f"Tell me about the number {k}."}]} for k in range(3)] + [
         {"messages": image_message(data_url(png_bytes(90 + 40 * k, 70, seed=k)))} for k in range(3)

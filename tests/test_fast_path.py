@@ -65,7 +65,7 @@ ENGINE_FAST_VS_PLAIN = """
 import json, sys
 from engine.llm_engine import EngineConfig, LLMEngine
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from server.model_loading import load_checkpoint
+from preprocessing.checkpoint import load_checkpoint
 from tests.conftest import png_bytes
 from tests.engine_helpers import greedy_tokens
 
@@ -146,7 +146,7 @@ def test_onednn_linears_equal_the_plain_layers(dtype):
 def test_engine_on_onednn_linears_gives_the_plain_tokens(tiny_dir):
     from engine.llm_engine import EngineConfig, LLMEngine
     from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-    from server.model_loading import load_checkpoint
+    from preprocessing.checkpoint import load_checkpoint
     from tests.conftest import png_bytes
     from tests.engine_helpers import greedy_tokens
 

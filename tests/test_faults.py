@@ -9,12 +9,13 @@ import pytest
 import torch
 import uvicorn
 
+from benchmarks.server_process import ServerProcess, free_port
 from server.app import create_app
 from server.cli import build_parser
+from server.preprocess_pool import PoolClosed, PreprocessPool
 from server.serve import build_state
 from tests.conftest import png_bytes
 from tests.hostile import data_url, image_message
-from tests.server_helpers import ServerProcess, free_port
 
 POISON = png_bytes(50, 40, seed=99)
 GOOD = png_bytes(60, 40, seed=7)
@@ -92,6 +93,56 @@ def test_a_stopped_preprocessing_pool_is_replaced(inprocess):
     assert state.pool.restarts >= 1
 
 
+def test_a_job_that_raises_fails_alone_and_a_closed_pool_refuses_work():
+    pool = PreprocessPool(1, "test")
+
+    def fails():
+        raise RuntimeError("cannot schedule new futures after shutdown")  # the executor's own words, from a job
+
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        asyncio.run(pool.run(fails))
+    assert pool.restarts == 0 and asyncio.run(pool.run(lambda: 7)) == 7
+    pool.shutdown()
+    with pytest.raises(PoolClosed):
+        asyncio.run(pool.run(lambda: 7))
+    assert pool.restarts == 0
+
+
+def test_slow_remote_fetches_do_not_hold_up_data_url_images(inprocess, monkeypatch):
+    url, state = inprocess
+    release = threading.Event()
+
+    class SlowHost:
+        def fetch(self, address, param):
+            release.wait(timeout=30)
+            return GOOD
+
+    fetchers = PreprocessPool(4, "test-fetch")
+    monkeypatch.setattr(state, "remote_images", SlowHost())
+    monkeypatch.setattr(state, "fetch_pool", fetchers)
+
+    async def run() -> tuple[int, bool]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            remote = [
+                asyncio.create_task(client.post(f"{url}/v1/chat/completions", json={
+                    "messages": image_message(f"https://slow.example/{k}.png"), "max_tokens": 2}))
+                for k in range(state.settings.preprocess_workers + 1)
+            ]  # fmt: skip
+            await asyncio.sleep(0.5)  # every fetch waits on the slow host now
+            local = await client.post(f"{url}/v1/chat/completions", json={
+                "messages": image_message(data_url(GOOD)), "max_tokens": 2})  # fmt: skip
+            waiting = not any(task.done() for task in remote)
+            release.set()
+            assert all(r.status_code == 200 for r in await asyncio.gather(*remote))
+            return local.status_code, waiting
+
+    try:
+        assert asyncio.run(run()) == (200, True)
+    finally:
+        release.set()
+        fetchers.shutdown()
+
+
 def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
     # 40 blocks of 16 tokens (512 bytes per token in the tiny model) for 24 chats of ~100 tokens each
     small = ServerProcess(tiny_dir, "--kv-cache-memory", str(40 * 16 * 512 / 2**30), "--max-num-seqs", "24")
@@ -120,7 +171,7 @@ def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling_params import SamplingParams
     from preprocessing.chat_template import ChatMessage
-    from server.model_loading import load_checkpoint
+    from preprocessing.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(str(make_checkpoint(vocab=4000)), "float32", "cpu")
     assert loaded.model.config.llm.vocab_size == 4000
@@ -141,7 +192,7 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling_params import SamplingParams
     from preprocessing.chat_template import ChatMessage
-    from server.model_loading import LoadedCheckpoint
+    from preprocessing.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
@@ -168,7 +219,7 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
 
 def _engine(tiny_model, preprocessor, **config):
     from engine.llm_engine import EngineConfig, LLMEngine
-    from server.model_loading import LoadedCheckpoint
+    from preprocessing.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, **config))

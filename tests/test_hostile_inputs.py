@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
+from benchmarks.server_process import ServerProcess
 from tests.hostile import hostile_requests, odd_but_valid_requests
-from tests.server_helpers import ServerProcess
 
 KEY = "hostile-test-key-3141"
 

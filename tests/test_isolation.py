@@ -12,9 +12,10 @@ import httpx
 import pytest
 import torch
 
+from benchmarks.server_process import ServerProcess
 from tests.conftest import png_bytes
 from tests.hostile import data_url, image_message
-from tests.server_helpers import ServerProcess, raw_request
+from tests.server_helpers import raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 

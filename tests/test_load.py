@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from benchmarks.server_process import ServerProcess
 from tests.load import expected_answers, resident_kib, run_round
-from tests.server_helpers import ServerProcess
 
 MAX_TOKENS = 12
 

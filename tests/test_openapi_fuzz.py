@@ -19,7 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.server_helpers import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 import httpx
 
-from tests.server_helpers import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 
 def monovl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

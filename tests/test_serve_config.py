@@ -1,29 +1,61 @@
-"""How `monovl serve` sizes its KV pool from the flags."""
+"""`monovl serve`'s options are the configs' fields, with the configs' defaults; the KV pool's size."""
 
-import argparse
+import dataclasses
 
 import pytest
 import torch
 
-from server.serve import free_memory_gib, kv_cache_gib
+from engine.kv_pool import free_memory_gib, kv_pool_gib
+from engine.llm_engine import EngineConfig
+from engine.settings import defaults, from_arguments
+from server.cli import parse_args
+from server.state import ServerSettings
 
 
-class Loaded:
-    def __init__(self, model):
-        self.model = model
+def test_the_command_lines_defaults_are_the_configs():
+    args = parse_args(["serve"])
+    engine = from_arguments(EngineConfig, args)
+    assert engine == EngineConfig()
+    for config in (EngineConfig, ServerSettings):
+        for name, default in defaults(config).items():
+            assert getattr(args, name) == default, name
+    settings = from_arguments(ServerSettings, args, served_model_name="m", model_path="p", stats_interval=10.0)
+    assert settings == ServerSettings(served_model_name="m", model_path="p")
+    assert len(defaults(EngineConfig)) >= 12 and len(defaults(ServerSettings)) >= 6
 
 
-def args(**kwargs) -> argparse.Namespace:
-    return argparse.Namespace(**{"kv_cache_memory": None, "kv_cache_fraction": None, "max_num_seqs": 4, **kwargs})
+def test_flags_reach_the_configs():
+    args = parse_args(
+        [
+            "serve",
+            *("--max-num-seqs", "3", "--max-num-batched-tokens", "100", "--kv-cache-memory", "0.5"),
+            *("--no-prefix-caching", "--enforce-eager", "--json-any-whitespace", "--attention-backend", "torch"),
+            *("--preprocess-workers", "5", "--max-image-tiles", "4", "--body-timeout", "2.5"),
+        ]
+    )
+    engine = from_arguments(EngineConfig, args)
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens, engine.kv_cache_memory) == (3, 100, 0.5)
+    assert not engine.enable_prefix_caching and not engine.cuda_graphs and engine.json_any_whitespace
+    assert engine.attention_backend == "torch"
+    settings = from_arguments(ServerSettings, args, served_model_name="m", model_path="p")
+    assert (settings.preprocess_workers, settings.max_image_tiles, settings.body_timeout) == (5, 4, 2.5)
+    with pytest.raises(SystemExit):
+        parse_args(["serve", "--attention-backend", "cudnn"])
 
 
-def test_explicit_gib_fraction_and_default(tiny_model):
-    loaded = Loaded(tiny_model)
-    assert kv_cache_gib(args(kv_cache_memory=1.5), loaded) == 1.5
-    assert kv_cache_gib(args(kv_cache_fraction=0.1), loaded) == pytest.approx(
+def test_the_batch_budget_defaults_by_device():
+    assert EngineConfig().batched_tokens(torch.device("cpu")) == 512
+    assert EngineConfig().batched_tokens(torch.device("cuda")) == 8192
+    assert EngineConfig(max_num_batched_tokens=64).batched_tokens(torch.device("cuda")) == 64
+
+
+def test_kv_pool_explicit_gib_fraction_and_default(tiny_model):
+    config = dataclasses.replace(EngineConfig(), max_num_seqs=4)
+    assert kv_pool_gib(dataclasses.replace(config, kv_cache_memory=1.5), tiny_model) == 1.5
+    assert kv_pool_gib(dataclasses.replace(config, kv_cache_fraction=0.1), tiny_model) == pytest.approx(
         0.1 * free_memory_gib(torch.device("cpu")), rel=0.2
     )
     # default: 4 sequences of 8192 tokens at 512 bytes per token in the tiny model
-    assert kv_cache_gib(args(), loaded) == pytest.approx(4 * 8192 * 512 / 2**30)
+    assert kv_pool_gib(config, tiny_model) == pytest.approx(4 * 8192 * 512 / 2**30)
     with pytest.raises(ValueError, match="between 0 and 1"):
-        kv_cache_gib(args(kv_cache_fraction=1.5), loaded)
+        kv_pool_gib(dataclasses.replace(config, kv_cache_fraction=1.5), tiny_model)

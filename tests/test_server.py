@@ -8,8 +8,9 @@ import httpx
 import openai
 import pytest
 
+from benchmarks.server_process import ServerProcess
 from tests.conftest import generate_cli, png_bytes
-from tests.server_helpers import ServerProcess, data_url
+from tests.server_helpers import data_url
 
 KEY = "test-key"
 

@@ -38,7 +38,7 @@ ENGINE_WITH_KERNEL = textwrap.dedent("""
     import json, sys
     from engine.llm_engine import EngineConfig, LLMEngine
     from preprocessing.chat_template import ChatMessage
-    from server.model_loading import load_checkpoint
+    from preprocessing.checkpoint import load_checkpoint
     from tests.engine_helpers import greedy_tokens
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
@@ -92,7 +92,7 @@ GRAPH_BUFFERS = textwrap.dedent("""
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling_params import SamplingParams
     from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-    from server.model_loading import load_checkpoint
+    from preprocessing.checkpoint import load_checkpoint
     from tests.conftest import png_bytes
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")

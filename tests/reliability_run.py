@@ -1,6 +1,6 @@
 """The reliability figures of docs/reliability.md: hostile requests and clients, against real servers.
 
-    python scripts/reliability_run.py [--hostile 500] [--streams 300] [--rounds 3] [--leavers 200]
+    python -m tests.reliability_run [--hostile 500] [--streams 300] [--rounds 3] [--leavers 200]
 
 On a tiny random checkpoint (loopback port, a 4,096-token context), in order: warm-up; the hostile
 requests of tests/hostile.py (cycled, with variants), /health after each; a 100 MiB chunked body
@@ -20,7 +20,6 @@ import platform
 import signal
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -28,13 +27,13 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.server_process import ServerProcess
 from model.tiny_weights import TinyShape
-from server.tiny_checkpoint import bench_checkpoint, make_tiny_checkpoint
+from preprocessing.tiny_checkpoint import bench_checkpoint, make_tiny_checkpoint
 from tests.conftest import png_bytes
 from tests.hostile import data_url, hostile_requests, image_message
 from tests.load import expected_answers, run_round
-from tests.server_helpers import ServerProcess, raw_request
+from tests.server_helpers import raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 TRIM_WAIT_S = 6.0  # the server hands freed memory back every 5 s

@@ -12,7 +12,7 @@ from engine.llm_engine import TokenizerInfo
 from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
 from model.mono_internvl import MonoInternVL
 from preprocessing.processor import Preprocessor
-from server.tiny_checkpoint import ensure_demo_checkpoint
+from preprocessing.tiny_checkpoint import ensure_demo_checkpoint
 
 
 @dataclass

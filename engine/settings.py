@@ -1,0 +1,53 @@
+"""Settings defined once: a config dataclass's field carries its default, its help and its flag.
+
+`monovl serve` derives its options from the fields (`add_arguments`) and builds the configs back
+from the parsed namespace (`from_arguments`), so a default cannot differ between the command line
+and the code that runs without one (tests, benchmarks, `monovl generate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, field, fields
+from typing import Any
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, negate: bool = False, choices=None) -> Any:
+    """A field with a command-line option. `negate`: a True default that the flag turns off
+    (`--enforce-eager` for `cuda_graphs`)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "negate": negate, "choices": choices})
+
+
+def _flag(f) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, config: type) -> None:
+    for f in fields(config):
+        if "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        if meta["negate"]:
+            parser.add_argument(_flag(f), dest=f.name, action="store_false", default=f.default, help=meta["help"])
+        elif f.type == "bool":
+            parser.add_argument(_flag(f), dest=f.name, action="store_true", default=f.default, help=meta["help"])
+        else:
+            kind = _TYPES[f.type.removesuffix(" | None")]
+            shown = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(
+                _flag(f), dest=f.name, type=kind, default=f.default, choices=meta["choices"], help=meta["help"] + shown
+            )
+
+
+def from_arguments(config: type, args: argparse.Namespace, **others: Any) -> Any:
+    """`config` from the parsed options of its fields; `others` for the fields without one, or to
+    override an option by what the command makes of it."""
+    values = {f.name: getattr(args, f.name) for f in fields(config) if "help" in f.metadata}
+    return config(**{**values, **others})
+
+
+def defaults(config: type) -> dict[str, Any]:
+    """Each field's default, for the fields that have a command-line option."""
+    return {f.name: f.default for f in fields(config) if "help" in f.metadata and f.default is not MISSING}
