@@ -241,7 +241,12 @@ class ChatCompletionRequest(SamplingRequest):
             logprobs = self.top_logprobs or 0
         elif self.top_logprobs is not None:
             raise SamplingParamsError("top_logprobs", "top_logprobs needs logprobs to be true")
-        return self.sampling_params(_or(self.max_completion_tokens, self.max_tokens), logprobs, structured_output)
+        try:
+            return self.sampling_params(_or(self.max_completion_tokens, self.max_tokens), logprobs, structured_output)
+        except SamplingParamsError as error:
+            if error.param == "max_tokens" and self.max_completion_tokens is not None:  # name the field sent
+                raise SamplingParamsError("max_completion_tokens", str(error)) from None
+            raise
 
 
 def _or(value, default):

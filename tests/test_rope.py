@@ -53,6 +53,15 @@ def test_dynamic_scaling_is_plain_up_to_max_positions(x):
     torch.testing.assert_close(rotated(config, x, positions, [64] * 6), rotated(llm(), x, positions, [64] * 6))
 
 
+def test_dynamic_scaling_is_off_for_sequences_shorter_than_max_positions(x):
+    # At exactly max_position_embeddings the dynamic base equals the plain one; below it no scaling
+    # may happen at all, whatever the factor.
+    positions = [0, 3, 9, 20, 30, 39]
+    for rope_lens in ([40] * 6, [63] * 6, [10, 10, 10, 25, 31, 40]):
+        config = llm(scaling=RopeScaling("dynamic", 4.0))
+        torch.testing.assert_close(rotated(config, x, positions, rope_lens), rotated(llm(), x, positions))
+
+
 def test_dynamic_scaling_rescales_base_from_each_tokens_sequence_length(x):
     # Prompt of 100 tokens (> 64) then a decoded token at position 100 (sequence length 101).
     positions = [0, 7, 50, 99, 99, 100]

@@ -134,3 +134,18 @@ def test_finishing_flushes_held_text():
     assert "".join(deltas) == "ab"  # "cST" might still become "...STOP"
     detok.flush()
     assert detok.take_delta(finished=True) == "cST"
+
+
+def test_temperature_shapes_the_distribution_before_top_p_and_min_p_cut_it():
+    # softmax([2, 1, 0]) is [0.665, 0.245, 0.090]: top_p 0.7 keeps two tokens. At temperature 0.5 the
+    # tempered distribution is [0.867, 0.117, 0.016], so top_p 0.7 keeps the first alone; min_p 0.2
+    # (of the top probability) keeps two at temperature 1 and one at 0.5.
+    logits = torch.tensor([2.0, 1.0, 0.0]).expand(400, 3).contiguous()
+    for params in (SamplingParams(temperature=0.5, top_p=0.7), SamplingParams(temperature=0.5, min_p=0.2)):
+        drawn = sample(logits, [request(params)] * 400).token_ids
+        assert set(drawn) == {0}, params
+    for params in (SamplingParams(temperature=1.0, top_p=0.7), SamplingParams(temperature=1.0, min_p=0.2)):
+        drawn = sample(logits, [request(params)] * 400).token_ids
+        assert set(drawn) == {0, 1}, params
+    hot = sample(logits, [request(SamplingParams(temperature=2.0, top_p=0.85))] * 400).token_ids
+    assert set(hot) == {0, 1, 2}  # tempered flatter, [0.51, 0.31, 0.19]: top_p 0.85 needs all three

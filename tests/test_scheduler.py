@@ -124,3 +124,65 @@ def test_two_chats_with_one_long_prompt_compute_it_once(tiny_model, tokens, prep
     # the second waited while the first computed the prompt, then found all of it cached
     assert engine.requests[("second", 0)].num_cached_tokens == (same.num_tokens - 1) // 16 * 16
     assert sum(step.get("second", 0) for step in steps) <= 16
+
+
+def plain_request(name: str, tokens: list[int]):
+    from engine.inputs import PromptInputs
+    from engine.request import Request
+
+    return Request(name, 0, PromptInputs("", tokens, [], []), GREEDY, frozenset(), None)
+
+
+def run_step(chunks) -> None:
+    """What the engine does after a forward: the chunks' tokens are computed, sampling ones get a token."""
+    for chunk in chunks:
+        chunk.request.num_computed_tokens += chunk.num_tokens
+        if chunk.samples:
+            chunk.request.token_ids.append(7)
+
+
+def test_a_step_that_preempts_takes_the_last_admitted_and_admits_no_one_after(monkeypatch):
+    # Short chats decode beside long prompts in a pool too small for all: preemptions happen. Each
+    # victim is the most recently admitted running request, and once a step has preempted, no waiting
+    # request starts in it (the pool is full: it would only preempt again).
+    from engine.block_pool import BlockPool
+    from engine.request import RequestStatus
+    from engine.scheduler import Scheduler
+
+    pool = BlockPool(22, block_size=4, enable_prefix_caching=False)
+    scheduler = Scheduler(pool, 8, 32, rope_seed=lambda r: b"")
+    events: list[tuple[str, str]] = []
+    preempt, scheduled = scheduler._preempt, scheduler._scheduled
+
+    def recorded_preempt(request):
+        assert request is scheduler.running[-1]
+        events.append(("preempt", request.request_id))
+        preempt(request)
+
+    def recorded_scheduled(request, num_tokens):
+        events.append(("schedule", request.request_id))
+        return scheduled(request, num_tokens)
+
+    monkeypatch.setattr(scheduler, "_preempt", recorded_preempt)
+    monkeypatch.setattr(scheduler, "_scheduled", recorded_scheduled)
+    lengths = (6, 40, 20, 6, 40, 3, 20)
+    requests = [plain_request(f"r{k}", [k * 100 + i for i in range(n)]) for k, n in enumerate(lengths)]
+    for r in requests:
+        scheduler.add(r)
+    preemptions = 0
+    for _ in range(200):
+        waiting = {r.request_id for r in scheduler.waiting}
+        events.clear()
+        chunks = scheduler.schedule()
+        kinds = [kind for kind, _ in events]
+        if "preempt" in kinds:
+            preemptions += kinds.count("preempt")
+            after = events[kinds.index("preempt") :]
+            assert not {name for kind, name in after if kind == "schedule"} & waiting, events
+        run_step(chunks)
+        for r in [c.request for c in chunks if c.request.num_tokens >= c.request.num_prompt_tokens + 12]:
+            scheduler.remove(r)  # finished after 12 tokens
+            r.status = RequestStatus.FINISHED
+        if not scheduler.running and not scheduler.waiting:
+            break
+    assert preemptions >= 1 and all(r.status is RequestStatus.FINISHED for r in requests)
