@@ -4,12 +4,13 @@
 
 For each stream count, in one run on one machine: N text chats of --output-tokens tokens each
 (ignore_eos, so every run decodes the same tokens) through an `LLMEngine` stepped in this process,
-then through `monovl serve` (a fresh server, streaming over loopback with httpx). Each side runs
---rounds rounds of new chats (new questions, so no round hits the prefix cache of another) and
-reports the median round. Prints output tokens/s for both, the server's share of the engine's,
-and the server's concurrent throughput against its own one-stream figure. `--profile DIR` records
-the server under py-spy (both threads, `--idle` off) for the largest stream count and writes a
-speedscope JSON there. The shape flags (--hidden, --layers, ...) size the random checkpoint.
+and through `monovl serve` (a fresh server, streaming over loopback with httpx; idle while the
+engine runs). The two sides take turns, --rounds rounds each of new chats (new questions, so no
+round hits the prefix cache of another), and each reports its median round. Prints output
+tokens/s for both, the server's share of the engine's, and the server's concurrent throughput
+against its own one-stream figure. `--profile DIR` records the server under py-spy (both threads,
+`--idle` off) in the last round at the largest stream count and writes a speedscope JSON there.
+The shape flags (--hidden, --layers, ...) size the random checkpoint.
 """
 
 from __future__ import annotations
@@ -37,38 +38,37 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def engine_alone(directory: Path, streams: int, output_tokens: int, batched_tokens: int, rounds: int) -> float:
-    loaded = load_checkpoint(str(directory), "auto", "auto")
-    config = EngineConfig(kv_cache_memory=1.0, max_num_seqs=max(streams, 1), max_num_batched_tokens=batched_tokens)
-    engine = LLMEngine(loaded.model, loaded.tokens, config)
-    pre = loaded.preprocessor
-    params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
-    warm = pre.process([ChatMessage.text("user", "warm up")], [])
-    engine.add_request("warm", warm, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-    while engine.has_unfinished():
-        engine.step()
-    throughputs = []
-    for round_ in range(rounds):
-        for k in range(round_ * streams, (round_ + 1) * streams):
-            engine.add_request(str(k), pre.process([ChatMessage.text("user", question(k))], []), params)
+class EngineAlone:
+    """An `LLMEngine` stepped in this process, warmed up, for rounds of chats."""
+
+    def __init__(self, directory: Path, streams: int, output_tokens: int, batched_tokens: int) -> None:
+        loaded = load_checkpoint(str(directory), "auto", "auto")
+        config = EngineConfig(kv_cache_memory=1.0, max_num_seqs=max(streams, 1), max_num_batched_tokens=batched_tokens)
+        self.engine = LLMEngine(loaded.model, loaded.tokens, config)
+        self.preprocessor = loaded.preprocessor
+        self.params = SamplingParams(temperature=0, max_tokens=output_tokens, ignore_eos=True)
+        warm = self.preprocessor.process([ChatMessage.text("user", "warm up")], [])
+        self.engine.add_request("warm", warm, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+        while self.engine.has_unfinished():
+            self.engine.step()
+
+    def round(self, chats: range) -> float:
+        for k in chats:
+            prompt = self.preprocessor.process([ChatMessage.text("user", question(k))], [])
+            self.engine.add_request(str(k), prompt, self.params)
         tokens, started = 0, time.perf_counter()
-        while engine.has_unfinished():
-            tokens += sum(len(o.new_token_ids) for o in engine.step())
-        throughputs.append(tokens / (time.perf_counter() - started))
-    return median(throughputs)
+        while self.engine.has_unfinished():
+            tokens += sum(len(o.new_token_ids) for o in self.engine.step())
+        return tokens / (time.perf_counter() - started)
 
 
-async def through_server(url: str, streams: int, output_tokens: int, rounds: int) -> float:
-    limits = httpx.Limits(max_connections=streams + 4)
+async def server_round(url: str, chats: range, output_tokens: int) -> float:
+    limits = httpx.Limits(max_connections=len(chats) + 4)
     async with httpx.AsyncClient(limits=limits, timeout=600) as client:
-        await one(client, url, -1, 8)  # warm up
-        throughputs = []
-        for round_ in range(rounds):
-            started = time.perf_counter()
-            chats = range(round_ * streams, (round_ + 1) * streams)
-            counts = await asyncio.gather(*(one(client, url, k, output_tokens) for k in chats))
-            throughputs.append(sum(counts) / (time.perf_counter() - started))
-        return median(throughputs)
+        await one(client, url, -1, 8)  # the connection pool and the server's first step warm
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(client, url, k, output_tokens) for k in chats))
+        return sum(counts) / (time.perf_counter() - started)
 
 
 def profiled(server: ServerProcess, out: Path, seconds: float) -> subprocess.Popen | None:
@@ -94,25 +94,33 @@ def main() -> None:
     print(f"machine: {machine()}; checkpoint {directory.name}; median of {args.rounds} rounds")
     one = None
     for streams in args.streams:
-        alone = engine_alone(directory, streams, args.output_tokens, args.max_num_batched_tokens, args.rounds)
         flags = ["--max-num-seqs", str(max(streams, 1)), "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
         server = ServerProcess(directory, *flags, "--disable-log-stats", startup_s=300)
+        alone = EngineAlone(directory, streams, args.output_tokens, args.max_num_batched_tokens)
+        engine_rounds, server_rounds = [], []
         try:
-            recorder = None
-            if args.profile and streams == max(args.streams):
-                seconds = args.rounds * streams * args.output_tokens / max(alone, 1) * 1.5
-                recorder = profiled(server, args.profile, seconds)
-            served = asyncio.run(through_server(server.url, streams, args.output_tokens, args.rounds))
-            if recorder is not None:
-                recorder.wait()
+            for round_ in range(args.rounds):  # alternating, so both sides see the same drift of a shared machine
+                chats = range(2 * round_ * streams, (2 * round_ + 1) * streams)
+                engine_rounds.append(alone.round(chats))
+                recorder = None
+                if args.profile and streams == max(args.streams) and round_ == args.rounds - 1:
+                    recorder = profiled(server, args.profile, streams * args.output_tokens / engine_rounds[-1] * 1.5)
+                chats = range((2 * round_ + 1) * streams, (2 * round_ + 2) * streams)
+                server_rounds.append(asyncio.run(server_round(server.url, chats, args.output_tokens)))
+                if recorder is not None:
+                    recorder.wait()
         finally:
             server.stop()
+            del alone
+        engine_tps, served = median(engine_rounds), median(server_rounds)
         one = one or (served if streams == 1 else None)
         versus_one = f", {served / one:.2f}x the server's one stream" if one and streams > 1 else ""
         print(
-            f"{streams:3d} streams: engine alone {alone:7.1f} tok/s, server {served:7.1f} tok/s, "
-            f"server/engine {served / alone:.3f}{versus_one}"
+            f"{streams:3d} streams: engine alone {engine_tps:7.1f} tok/s, server {served:7.1f} tok/s, "
+            f"server/engine {served / engine_tps:.3f}{versus_one}"
         )
+        print("    rounds, engine: " + " ".join(f"{t:.1f}" for t in engine_rounds)
+              + "; server: " + " ".join(f"{t:.1f}" for t in server_rounds))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from benchmarks.profiling import print_profile
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.mono_internvl import MonoInternVL
+from model.onednn_linear import OneDNNLinear
 from model.tiny_weights import TinyShape
 from preprocessing.chat_template import ChatMessage
 from preprocessing.checkpoint import load_checkpoint
@@ -51,14 +52,16 @@ def sync(device: torch.device) -> None:
 
 def decode_bytes(model: MonoInternVL, context: int) -> int:
     """Weights a text token reads per step (not the visual expert, vision model or embedding table) + KV."""
-    total = 0
-    for name, p in model.named_parameters():
-        if (
-            name.startswith(("vision_model", "mlp1", "language_model.model.tok_embeddings"))
-            or "feed_forward_ve" in name
-        ):
-            continue
-        total += p.numel() * p.element_size()
+
+    def read(name: str) -> bool:
+        skipped = ("vision_model", "mlp1", "language_model.model.tok_embeddings")
+        return not name.startswith(skipped) and "feed_forward_ve" not in name
+
+    total = sum(p.numel() * p.element_size() for name, p in model.named_parameters() if read(name))
+    # oneDNN's reordered weights are plain tensors, not parameters (model/onednn_linear.py)
+    for name, module in model.named_modules():
+        if isinstance(module, OneDNNLinear) and read(name):
+            total += module.in_features * module.out_features * model.dtype.itemsize
     llm = model.config.llm
     kv = 2 * llm.num_hidden_layers * llm.num_key_value_heads * llm.head_dim * context * model.dtype.itemsize
     return total + kv
