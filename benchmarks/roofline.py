@@ -20,6 +20,7 @@ from benchmarks.engine_bench import machine
 from benchmarks.profiling import print_profile
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
+from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from model.mono_internvl import MonoInternVL
 from model.onednn_linear import OneDNNLinear
 from model.tiny_weights import TinyShape
@@ -74,18 +75,18 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, default=512, help="filler words in the prompt (the context)")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--attention-backend", default="auto")
-    parser.add_argument("--fast-path", default="auto")
+    parser.add_argument("--fast-path", default=FAST_PATH_DEFAULT)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also print the kernels of 10 forwards alone")
     args = parser.parse_args()
 
     directory = bench_checkpoint(shape_from_args(args))
-    loaded = load_checkpoint(str(directory), args.dtype, "auto")
+    loaded = load_checkpoint(str(directory), args.dtype, "auto", args.fast_path)
     model, device = loaded.model, loaded.model.device
     prompt = loaded.preprocessor.process([ChatMessage.text("user", "word " * args.prompt_words)], [])
     engine = LLMEngine(model, loaded.tokens, EngineConfig(
         num_kv_blocks=(prompt.num_tokens + args.steps) // 16 + 8, max_num_batched_tokens=8192,
-        attention_backend=args.attention_backend, fast_path=args.fast_path, cuda_graphs=not args.enforce_eager,
+        attention_backend=args.attention_backend, cuda_graphs=not args.enforce_eager,
         max_num_seqs=1))  # fmt: skip
     engine.add_request("r", prompt, SamplingParams(temperature=0, max_tokens=args.steps + 8, ignore_eos=True))
     engine.step()  # prefill and the first token
@@ -116,9 +117,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"model: {directory.name}, {model.dtype}; context {prompt.num_tokens} tokens")
     graphs = engine.runner.graphs is not None
-    print(
-        f"attention {args.attention_backend}, fast path {engine.runner.fast}, CUDA graphs {'on' if graphs else 'off'}"
-    )
+    print(f"attention {args.attention_backend}, fast path {engine.model.fast}, CUDA graphs {'on' if graphs else 'off'}")
     print(f"bytes per decode step: {needed / 2**30:.3f} GiB; measured read bandwidth {bandwidth / 2**30:.1f} GiB/s")
     print(f"bound: {bound * 1000:.3f} ms/token ({1 / bound:.1f} tok/s)")
     print(

@@ -20,13 +20,10 @@ padding and buffer logic through it, as CUDA graphs themselves need a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from engine.step_layout import StepLayout
-from model.fast_path import FastPath
-from model.forward_batch import DecodeRows, ForwardBatch, KVCache
+from model.forward_batch import DecodeKernel, DecodeRows, ForwardBatch, KVCache
 from model.mono_internvl import MonoInternVL
 
 
@@ -39,8 +36,7 @@ class DecodeGraphs:
         self,
         model: MonoInternVL,
         kv_cache: KVCache,
-        decode_kernel: Callable[..., torch.Tensor],
-        fast: FastPath,
+        decode_kernel: DecodeKernel,
         scratch_block: int,
         max_batch: int,
         max_len: int,
@@ -49,7 +45,6 @@ class DecodeGraphs:
         self.model = model
         self.kv_cache = kv_cache
         self.decode_kernel = decode_kernel
-        self.fast = fast
         self.sizes = capture_sizes(max_batch)
         self.max_len = max_len
         block_size = kv_cache.block_size
@@ -124,15 +119,15 @@ class DecodeGraphs:
             block_tables=self.block_tables[:size],
             query_lens=[1] * size,
             seq_lens=[1] * size,  # unused: the kernel reads the device lengths
+            decode=DecodeRows(
+                self.decode_kernel,
+                list(range(size)),
+                torch.arange(size, device=self.input_ids.device),
+                self.block_tables[:size],
+                self.seq_lens[:size],
+            ),
         )
-        batch.decode = DecodeRows(
-            self.decode_kernel,
-            list(range(size)),
-            torch.arange(size, device=self.input_ids.device),
-            self.block_tables[:size],
-            self.seq_lens[:size],
-        )
-        hidden = self.model(batch, self.kv_cache, self.fast, cos_sin=(self.cos[:size], self.sin[:size]))
+        hidden = self.model(batch, self.kv_cache, cos_sin=(self.cos[:size], self.sin[:size]))
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()

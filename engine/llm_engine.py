@@ -23,9 +23,9 @@ from engine.scheduler import ScheduledChunk, Scheduler
 from engine.settings import setting
 from engine.structured_output import GrammarBatch, GrammarError, Grammars, Vocabulary
 from engine.vision_cache import VisionCache
-from model.fast_path import NAMES, FastPath
 from model.forward_batch import KVCache
 from model.mono_internvl import MonoInternVL
+from model.paged_attention import pick_decode_kernel
 
 if TYPE_CHECKING:
     import xgrammar
@@ -71,10 +71,6 @@ class EngineConfig:
         "auto",
         "decode attention: the Triton paged kernel (auto: on CUDA) or the torch path",
         choices=("auto", "torch", "triton"),
-    )
-    fast_path: str = setting(
-        "auto",
-        "optional kernels (model/fast_path.py): auto (all this device runs), none, or some of " + ",".join(NAMES),
     )
     cuda_graphs: bool = setting(
         True, "no CUDA graphs: run every decode step eagerly (as vLLM's flag)", flag="--enforce-eager", negate=True
@@ -157,24 +153,18 @@ class LLMEngine:
             max_num_partial_prefills=self.config.max_num_partial_prefills,
         )
         vision_cache = VisionCache(int(self.config.vision_cache_memory * 2**30))
-        fast = FastPath.parse(self.config.fast_path, model.device, model.dtype)
-        if fast.experts or fast.silu:
-            model.pack_experts()
-        if fast.onednn:
-            model.reorder_linears()
-        self.runner = ModelRunner(
-            model, self.kv_cache, tokens.img_context_id, vision_cache, self.config.attention_backend, fast
-        )
-        if self.config.cuda_graphs and model.device.type == "cuda" and self.runner.decode_kernel is not None:
-            self.runner.graphs = DecodeGraphs(
+        decode_kernel = pick_decode_kernel(self.config.attention_backend, model.device)
+        graphs = None
+        if self.config.cuda_graphs and model.device.type == "cuda" and decode_kernel is not None:
+            graphs = DecodeGraphs(
                 model,
                 self.kv_cache,
-                self.runner.decode_kernel,
-                fast,
+                decode_kernel,
                 scratch_block=num_blocks,
                 max_batch=self.config.max_num_seqs,
                 max_len=min(self.config.cuda_graph_max_len, self.max_model_len),
             )
+        self.runner = ModelRunner(model, self.kv_cache, tokens.img_context_id, vision_cache, decode_kernel, graphs)
         self.grammars = self._grammars()
         self.grammar_batch = GrammarBatch()
         self.requests: dict[tuple[str, int], Request] = {}

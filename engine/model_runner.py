@@ -3,24 +3,22 @@ and return logits for the requests that sample (and the prompt logprobs of those
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine.cuda_graphs import DecodeGraphs
-from engine.inputs import ImageInput, normalize_tiles
+from engine.inputs import ImageInput
 from engine.outputs import TokenLogprob
 from engine.request import Request
 from engine.sampler import token_logprobs
 from engine.scheduler import ScheduledChunk
 from engine.step_layout import StepLayout, lay_out
 from engine.vision_cache import VisionCache
-from model.fast_path import FastPath, triton_runs_on
-from model.forward_batch import DecodeRows, ExpertRows, ForwardBatch, KVCache
-from model.internlm2 import PLAIN
+from model.forward_batch import DecodeKernel, DecodeRows, ExpertRows, ForwardBatch, KVCache
 from model.mono_internvl import MonoInternVL
+from model.pixel_normalization import normalize_tiles
 
 # Prompt positions whose logits are made at once: a long prompt's full logits would not fit in memory.
 PROMPT_LOGITS_SLICE = 512
@@ -43,19 +41,6 @@ class DeviceError(RuntimeError):
     """The device no longer runs work (a sticky CUDA error, a lost GPU): no request can be served."""
 
 
-def pick_decode_kernel(backend: str, device: torch.device) -> Callable[..., torch.Tensor] | None:
-    """`auto`: the Triton paged decode kernel on CUDA when Triton imports, else the torch path."""
-    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
-        return None
-    if not triton_runs_on(device):
-        if backend == "triton":
-            raise ValueError("attention backend 'triton' needs CUDA and Triton (or TRITON_INTERPRET=1, for tests)")
-        return None
-    from model.triton_decode import paged_decode
-
-    return paged_decode
-
-
 class ModelRunner:
     def __init__(
         self,
@@ -63,17 +48,18 @@ class ModelRunner:
         kv_cache: KVCache,
         img_context_id: int,
         vision_cache: VisionCache,
-        attention_backend: str = "auto",
-        fast: FastPath = PLAIN,
+        decode_kernel: DecodeKernel | None = None,
+        graphs: DecodeGraphs | None = None,
     ) -> None:
+        """decode_kernel: the paged decode kernel for one-token rows (None: the torch path);
+        graphs: the CUDA graphs that replay whole decode steps (None: every step eager)."""
         self.model = model
-        self.fast = fast
-        self.decode_kernel = pick_decode_kernel(attention_backend, model.device)
+        self.decode_kernel = decode_kernel
+        self.graphs = graphs
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
         self.img_context_id = img_context_id
         self.vision_cache = vision_cache
-        self.graphs: DecodeGraphs | None = None  # set by the engine on CUDA
 
     def check_device(self) -> None:
         """Raise DeviceError unless the device still computes. After a failed step: a CUDA error such as
@@ -95,7 +81,7 @@ class ModelRunner:
         if self.graphs is not None and self.graphs.fits(layout):
             return StepLogits(self.graphs.run(layout))  # every chunk samples: every row's logits are wanted
         batch = self.build_batch(chunks, layout)
-        hidden = self.model(batch, self.kv_cache, self.fast)
+        hidden = self.model(batch, self.kv_cache)
         rows = torch.tensor(layout.logits_indices, dtype=torch.long, device=hidden.device)
         return StepLogits(self.model.compute_logits(hidden[rows]), self.prompt_logprobs(chunks, hidden))
 
@@ -127,39 +113,35 @@ class ModelRunner:
             np.array([layout.ids, layout.positions, layout.slots, layout.rope_lens], dtype=np.int64)
         ).to(device)
         visual = any(layout.visual)
-        batch = ForwardBatch(
+        tables = torch.from_numpy(layout.tables).to(device)
+        return ForwardBatch(
             input_ids=columns[0],
             positions=columns[1],
             expert_rows=ExpertRows.of(layout.visual, device) if visual else None,
             visual_embeds=self.visual_embeds(chunks) if visual else None,
             slot_mapping=columns[2],
-            block_tables=torch.from_numpy(layout.tables).to(device),
+            block_tables=tables,
             query_lens=layout.query_lens,
             seq_lens=layout.seq_lens,
             rope_lens=columns[3] if max(layout.rope_lens) > self.model.config.llm.max_position_embeddings else None,
             positions_end=max(layout.positions) + 1,
+            decode=self.decode_rows(layout, tables),
         )
-        batch.decode = self.decode_rows(chunks, batch)
-        return batch
 
-    def decode_rows(self, chunks: list[ScheduledChunk], batch: ForwardBatch) -> DecodeRows | None:
-        requests = [b for b, chunk in enumerate(chunks) if chunk.num_tokens == 1]
+    def decode_rows(self, layout: StepLayout, tables: torch.Tensor) -> DecodeRows | None:
+        """The one-token requests, for the decode kernel to serve in one launch (None: no kernel)."""
+        requests = [b for b, n in enumerate(layout.query_lens) if n == 1]
         if self.decode_kernel is None or not requests:
             return None
-        device = batch.input_ids.device
-        seq_lens = torch.tensor([batch.seq_lens[b] for b in requests], device=device, dtype=torch.int32)
-        if len(requests) == len(chunks):  # all decode: the rows are the batch
-            rows = torch.arange(len(requests), device=device)
-            return DecodeRows(self.decode_kernel, requests, rows, batch.block_tables, seq_lens)
-        starts = batch.query_start_loc
+        device = tables.device
+        # One copy: the requests' token rows (their query starts) and their context lengths.
+        starts = np.cumsum([0, *layout.query_lens[:-1]])
+        host = np.array([starts[requests], [layout.seq_lens[b] for b in requests]], dtype=np.int64)
+        rows, seq_lens = torch.from_numpy(host).to(device)
+        if len(requests) == len(layout.query_lens):  # all decode: the rows are the batch
+            return DecodeRows(self.decode_kernel, requests, rows, tables, seq_lens.to(torch.int32))
         index = torch.tensor(requests, device=device)
-        return DecodeRows(
-            kernel=self.decode_kernel,
-            requests=requests,
-            token_rows=torch.tensor([starts[b] for b in requests], device=device),
-            block_tables=batch.block_tables[index],
-            seq_lens=seq_lens,
-        )
+        return DecodeRows(self.decode_kernel, requests, rows, tables[index], seq_lens.to(torch.int32))
 
     def visual_embeds(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """The embedding rows of the image tokens in this step, in batch order."""

@@ -12,8 +12,9 @@ Each switch replaces one piece of the decoder with a faster form that equals it 
 - `onednn` (CPU): every linear layer as a oneDNN GEMM on a weight reordered once
   (`model/onednn_linear.py`).
 
-Packing (`MonoInternVL.pack_experts`) keeps the checkpoint-named weights as views of the packed
-tensors, so the plain path still runs on a packed model.
+The loader parses the spec and lays the weights out for it (`MonoInternVL.lay_out_weights`);
+the model keeps its `FastPath`, and every forward runs it. Packing the experts keeps the
+checkpoint-named weights as views of the packed tensors, so the plain path still runs on them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from model.onednn_linear import onednn_linear_works
 log = logging.getLogger(__name__)
 
 NAMES = ("norm", "rotary", "silu", "experts", "onednn")
+DEFAULT = "auto"  # the loader's and the command line's
 
 
 @dataclass(frozen=True)

@@ -74,18 +74,22 @@ class ExpertRows(NamedTuple):
         return cls(order[len(text) :], order[: len(text)], order, packed[len(mask) :].to(torch.int32))
 
 
-@dataclass
+# (q, key_cache, value_cache, block_tables, seq_lens) -> out: one query per request, K/V read in place
+DecodeKernel = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
 class DecodeRows:
     """The requests of a step that decode one token, for a kernel that serves them in one launch."""
 
-    kernel: Callable[..., torch.Tensor]  # (q, key_cache, value_cache, block_tables, seq_lens) -> out
+    kernel: DecodeKernel
     requests: list[int]  # their indices in the batch
     token_rows: torch.Tensor  # [D] their token rows in the flat batch
     block_tables: torch.Tensor  # [D, max_blocks]
     seq_lens: torch.Tensor  # [D] int32
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64, token index in its sequence
@@ -97,7 +101,7 @@ class ForwardBatch:
     seq_lens: list[int]  # [B] context length of each request after this step
     rope_lens: torch.Tensor | None = None  # [T] sequence length that sets dynamic-NTK scaling; None: none past it
     positions_end: int | None = None  # 1 + the largest position, when the host knows it
-    decode: DecodeRows | None = None  # set when a decode kernel serves the one-token requests
+    decode: DecodeRows | None = None  # when a decode kernel serves the one-token requests
 
     @property
     def decodes_whole_batch(self) -> bool:

@@ -18,6 +18,8 @@ import torch
 from safetensors import safe_open
 
 from model.config import ModelConfig
+from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
+from model.fast_path import FastPath
 from model.mono_internvl import MonoInternVL
 
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
@@ -84,10 +86,15 @@ def _checkpoint_tensors(files: list[Path], stack: ExitStack) -> Iterator[tuple[s
             yield name, handle
 
 
-def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -> MonoInternVL:
+def load_model(
+    checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, fast_path: str = FAST_PATH_DEFAULT
+) -> MonoInternVL:
+    """The checkpoint's model on `device` in `dtype`, its weights laid out for the fast path
+    (`FastPath.parse`: auto, none, or kernel names)."""
     config = ModelConfig.load(checkpoint_dir)
+    fast = FastPath.parse(fast_path, device, dtype)
     with torch.device("meta"):
-        model = MonoInternVL(config)
+        model = MonoInternVL(config, fast)
     expected = {name: p.shape for name, p in model.state_dict().items()}
     with ExitStack() as stack:
         sources = dict(_checkpoint_tensors(weight_files(checkpoint_dir), stack))
@@ -97,8 +104,9 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -
         for name, handle in sources.items():
             state[name] = handle.get_tensor(name).to(device=device, dtype=dtype)
         model.load_state_dict(state, strict=True, assign=True)
-    model.prepare()
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    model.lay_out_weights()
+    return model
 
 
 def _check_names_and_shapes(expected: dict[str, torch.Size], found: dict[str, torch.Size]) -> None:

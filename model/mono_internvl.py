@@ -15,9 +15,10 @@ from model.vision import InternVisionPatchModel, pixel_shuffle
 
 
 class MonoInternVL(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, fast: FastPath = PLAIN) -> None:
         super().__init__()
         self.config = config
+        self.fast = fast  # the optional kernels every forward uses (model/fast_path.py)
         vit_hidden = config.vision.hidden_size * config.shuffle_factor**2
         llm_hidden = config.llm.hidden_size
         self.vision_model = InternVisionPatchModel(config.vision)
@@ -28,11 +29,14 @@ class MonoInternVL(nn.Module):
             nn.Linear(llm_hidden, llm_hidden),
         )
         self.language_model = InternLM2VEForCausalLM(config.llm)
-        self.rotary: RotaryEmbedding | None = None
+        self._rotary: RotaryEmbedding | None = None
 
-    def prepare(self) -> None:
-        """Build what is derived from the config, on the device the weights now live on."""
-        self.rotary = RotaryEmbedding(self.config.llm, device=self.device)
+    @property
+    def rotary(self) -> RotaryEmbedding:
+        """The rotary tables, on the device the weights live on (made on first use there)."""
+        if self._rotary is None or self._rotary.device != self.device:
+            self._rotary = RotaryEmbedding(self.config.llm, device=self.device)
+        return self._rotary
 
     @property
     def dtype(self) -> torch.dtype:
@@ -51,30 +55,25 @@ class MonoInternVL(nn.Module):
         return self.mlp1(grid.reshape(tiles, -1, grid.shape[-1]))
 
     def forward(
-        self,
-        batch: ForwardBatch,
-        kv_cache: KVCache,
-        fast: FastPath = PLAIN,
-        cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self, batch: ForwardBatch, kv_cache: KVCache, cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         # -> [T, llm_hidden] final hidden states (normed); logits come from compute_logits. cos_sin: the
         # rotary angles of the batch's positions when the caller holds them (a CUDA graph's buffers).
-        assert self.rotary is not None, "call prepare() after loading"
         x = self.language_model.model.tok_embeddings(batch.input_ids)
         rows = batch.expert_rows
         if rows is not None:
             x = x.index_copy(0, rows.visual, batch.visual_embeds.to(x.dtype))
         cos, sin = cos_sin or self.rotary.cos_sin(batch.positions, batch.rope_lens, batch.positions_end)
-        return self.language_model.model(x, cos, sin, kv_cache, batch, rows, fast)
+        return self.language_model.model(x, cos, sin, kv_cache, batch, rows, self.fast)
 
-    def pack_experts(self) -> None:
-        """Pack each layer's two experts (FastPath.silu and .experts run on the packed weights)."""
-        for layer in self.language_model.model.layers:
-            layer.pack_experts()
-
-    def reorder_linears(self) -> None:
-        """Every linear layer on oneDNN-reordered weights (FastPath.onednn)."""
-        reorder_linears(self)
+    def lay_out_weights(self) -> None:
+        """The weights in the layout self.fast runs on: each layer's two experts packed (silu, experts),
+        every linear layer reordered for oneDNN (onednn). The loader calls it once."""
+        if self.fast.silu or self.fast.experts:
+            for layer in self.language_model.model.layers:
+                layer.pack_experts()
+        if self.fast.onednn:
+            reorder_linears(self)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, llm_hidden] -> [N, vocab] float32

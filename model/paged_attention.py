@@ -1,10 +1,18 @@
-"""Causal grouped-query attention over a paged KV cache: the plain torch path.
+"""Causal grouped-query attention over a paged KV cache, and which attention runs where.
 
-It runs on any device and is the oracle for faster kernels. Each request's queries attend to its
-context gathered from the cache with torch's fused scaled-dot-product attention (softmax in
-float32), which agrees with the reference's eager matmul-softmax-matmul to float rounding. In
-bfloat16 on the CPU, where that fused kernel runs at float32 speed, they attend through plain
-GEMMs in the reference's own eager order (`one_query_gqa`, `blocked_causal_gqa`).
+Which attention runs, in the order a step decides it:
+- A decode step replayed as a CUDA graph (engine/cuda_graphs.py, on CUDA unless --enforce-eager)
+  runs the decode kernel inside the graph.
+- Otherwise, one-token rows go to the decode kernel `pick_decode_kernel` chose at start: Triton's
+  paged decode (model/triton_decode.py) on CUDA, or none (`--attention-backend torch`, the CPU).
+- Without a kernel, one-token rows of similar context lengths attend together (`padded_decode`).
+- Every other row attends per request over its gathered context (`causal_gqa`): torch's SDPA
+  (on CUDA flash or memory-efficient attention, never cuDNN), or on the CPU in bfloat16 GEMMs
+  in the reference's eager order (`one_query_gqa`, `blocked_causal_gqa`).
+
+The torch paths run on any device and are the oracle for the kernels. SDPA's softmax is float32
+and agrees with the reference's eager matmul-softmax-matmul to float rounding; on the CPU its
+bfloat16 runs at float32 speed, hence the GEMMs there.
 """
 
 from __future__ import annotations
@@ -16,12 +24,26 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
-from model.forward_batch import ForwardBatch
+from model.fast_path import triton_runs_on
+from model.forward_batch import DecodeKernel, ForwardBatch
 
 # Not cuDNN: torch picks its attention first on Hopper, and it builds an execution plan on the CPU
 # for every new shape; prefill chunks seldom repeat a shape, so planning would dominate a prefill
 # step (docs/performance.md has the measurement). Flash and memory-efficient attention plan nothing.
 CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def pick_decode_kernel(backend: str, device: torch.device) -> DecodeKernel | None:
+    """`auto`: the Triton paged decode kernel on CUDA when Triton imports, else the torch path."""
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return None
+    if not triton_runs_on(device):
+        if backend == "triton":
+            raise ValueError("attention backend 'triton' needs CUDA and Triton (or TRITON_INTERPRET=1, for tests)")
+        return None
+    from model.triton_decode import paged_decode
+
+    return paged_decode
 
 
 def write_kv(

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.llm_engine import TokenizerInfo
+from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
 from model.mono_internvl import MonoInternVL
 from preprocessing.processor import Preprocessor
@@ -39,7 +40,8 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def load_checkpoint(model: str | None, dtype: str, device: str) -> LoadedCheckpoint:
+def load_checkpoint(model: str | None, dtype: str, device: str, fast_path: str = FAST_PATH_DEFAULT) -> LoadedCheckpoint:
+    """The model (or the demo checkpoint when None) on its device, weights laid out for `fast_path`."""
     if model is None:
         directory, created = ensure_demo_checkpoint()
         verb = "created" if created else "using"
@@ -47,5 +49,5 @@ def load_checkpoint(model: str | None, dtype: str, device: str) -> LoadedCheckpo
     else:
         directory = resolve_checkpoint(model)
     torch_device = parse_device(device)
-    loaded = load_model(directory, parse_dtype(dtype, torch_device), torch_device)
+    loaded = load_model(directory, parse_dtype(dtype, torch_device), torch_device, fast_path)
     return LoadedCheckpoint(directory, loaded, Preprocessor(directory, loaded.config))

@@ -22,17 +22,22 @@ class Preprocessor:
         self.img_context_id = self.tokenizer.token_id(IMG_CONTEXT)
         self.stop_token_ids = _stop_token_ids(self.tokenizer, checkpoint_dir)
 
-    def max_tiles(self, requested: int | None = None) -> int:
-        """The tile cap: the checkpoint's max_dynamic_patch, lowered by a request, 1 without tiling."""
+    def max_tiles(self, requested: int | None = None, limit: int | None = None) -> int:
+        """The one tile cap: the checkpoint's max_dynamic_patch, lowered by the server's limit and by
+        the request (never below the checkpoint's min_dynamic_patch); 1 without dynamic tiling."""
         if not self.config.dynamic_image_size:
             return 1
         cap = self.config.max_dynamic_patch
-        return max(self.config.min_dynamic_patch, min(cap, requested)) if requested else cap
+        for lower in (limit, requested):
+            if lower:
+                cap = min(cap, lower)
+        return max(self.config.min_dynamic_patch, cap)
 
-    def load_image(self, data: bytes, max_tiles: int | None = None) -> ImageInput:
+    def load_image(self, data: bytes, max_tiles: int | None = None, limit: int | None = None) -> ImageInput:
+        """Decode and tile; max_tiles: what the request asks for; limit: the server's cap."""
         image = decode_image(data, self.max_image_pixels)
         cfg = self.config
-        cap = self.max_tiles(max_tiles)
+        cap = self.max_tiles(max_tiles, limit)
         lo = min(cfg.min_dynamic_patch, cap)
         tiles = tile_image(image, lo, cap, cfg.image_size, cfg.use_thumbnail)
         digest = hashlib.sha256(data)

@@ -110,13 +110,14 @@ def preprocess(
     conversation: Conversation,
     images: list[bytes],
     max_tiles: int | None,
+    tile_limit: int | None = None,
     add_generation_prompt: bool = True,
 ) -> PromptInputs:
     """Runs in the worker pool: decode and tile every image, render and tokenize the prompt."""
     inputs = []
     for data, (_, param) in zip(images, conversation.images, strict=True):
         try:
-            inputs.append(pre.load_image(data, max_tiles))
+            inputs.append(pre.load_image(data, max_tiles, tile_limit))
         except ImageTooLarge as e:
             raise APIError(413, str(e), param=param, code="image_too_large") from None
         except ImageError as e:
@@ -164,9 +165,9 @@ async def build_prompt(
     settings = state.settings
     started = time.perf_counter()
     images = [await image_bytes(state, url, param) for url, param in conversation.images]
-    max_tiles = min(max_num_tiles or settings.max_image_tiles, settings.max_image_tiles)
     pre = state.preprocessor
-    prompt = await state.pool.run(preprocess, pre, conversation, images, max_tiles, add_generation_prompt)
+    limit = settings.max_image_tiles
+    prompt = await state.pool.run(preprocess, pre, conversation, images, max_num_tiles, limit, add_generation_prompt)
     if images:
         state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
     return prompt

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
+from model.fast_path import NAMES as FAST_PATH_NAMES
 from preprocessing.tiny_checkpoint import add_shape_args, shape_from_args
 from server.version import version
 
@@ -19,6 +21,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--fast-path",
+        default=FAST_PATH_DEFAULT,
+        help=f"optional kernels (model/fast_path.py): auto (all this device runs), none, or some of "
+        f"{','.join(FAST_PATH_NAMES)} (default: {FAST_PATH_DEFAULT})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +135,7 @@ def _generate(args: argparse.Namespace) -> None:
     from preprocessing.checkpoint import load_checkpoint
 
     images = [Path(p).read_bytes() for p in args.image]
-    loaded = load_checkpoint(args.model, args.dtype, args.device)
+    loaded = load_checkpoint(args.model, args.dtype, args.device, args.fast_path)
     pre = loaded.preprocessor
     image_inputs = [pre.load_image(data, args.max_num_tiles) for data in images]
     inputs = pre.process(_conversation(args, len(images)), image_inputs)

@@ -62,7 +62,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
 
     def build_engine() -> LLMEngine:
         # on the engine thread: loading runs parallel torch ops too (engine/async_engine.py says why)
-        loaded = load_checkpoint(args.model, args.dtype, args.device)
+        loaded = load_checkpoint(args.model, args.dtype, args.device, args.fast_path)
         checkpoints.append(loaded)
         return LLMEngine(loaded.model, loaded.tokens, from_arguments(EngineConfig, args))
 
@@ -123,7 +123,7 @@ def log_startup(state: ServerState, args: argparse.Namespace, load_seconds: floa
         state.max_model_len,
         pool_tokens / state.max_model_len,
         "triton" if runner.decode_kernel is not None else "torch",
-        runner.fast,
+        engine.model.fast,
         f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
     )
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from engine.inputs import normalize_tiles
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
 from model.loader import load_model
+from model.pixel_normalization import normalize_tiles
 from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from preprocessing.checkpoint import LoadedCheckpoint
 from preprocessing.processor import Preprocessor
@@ -48,7 +48,7 @@ def test_tile_normalization_on_the_gpu_gives_the_cpu_bits():
 
 
 def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False, fast="none") -> dict[str, list[int]]:
-    model = load_model(directory, dtype, device)
+    model = load_model(directory, dtype, device, fast)
     loaded = LoadedCheckpoint(directory, model, Preprocessor(directory, model.config))
     pre = loaded.preprocessor
     image = pre.load_image(png_bytes(900, 400, seed=1))
@@ -56,9 +56,7 @@ def greedy_tokens(directory, device, dtype, backend, cuda_graphs=False, fast="no
         "text": pre.process([ChatMessage.text("user", "Tell me a story.")], []),
         "image": pre.process([ChatMessage("user", (ImagePart(0), TextPart("Describe it.")))], [image]),
     }
-    config = EngineConfig(
-        num_kv_blocks=256, attention_backend=backend, cuda_graphs=cuda_graphs, max_num_seqs=8, fast_path=fast
-    )
+    config = EngineConfig(num_kv_blocks=256, attention_backend=backend, cuda_graphs=cuda_graphs, max_num_seqs=8)
     engine = LLMEngine(model, loaded.tokens, config)
     assert (engine.runner.graphs is not None) == cuda_graphs
     for name, prompt in prompts.items():

@@ -69,16 +69,16 @@ from preprocessing.checkpoint import load_checkpoint
 from tests.conftest import png_bytes
 from tests.engine_helpers import greedy_tokens
 
-loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
-pre = loaded.preprocessor
-image = pre.load_image(png_bytes(700, 300, seed=5), max_tiles=2)
-prompts = [
-    pre.process([ChatMessage.text("user", "Tell me a story.")], []),
-    pre.process([ChatMessage("user", (ImagePart(0), TextPart("What is it?")))], [image]),
-]
 result = {}
 for fast in ("none", "silu", "norm,rotary,silu,experts"):
-    config = EngineConfig(num_kv_blocks=128, attention_backend="triton", fast_path=fast, max_num_batched_tokens=64)
+    loaded = load_checkpoint(sys.argv[1], "float32", "cpu", fast)
+    pre = loaded.preprocessor
+    image = pre.load_image(png_bytes(700, 300, seed=5), max_tiles=2)
+    prompts = [
+        pre.process([ChatMessage.text("user", "Tell me a story.")], []),
+        pre.process([ChatMessage("user", (ImagePart(0), TextPart("What is it?")))], [image]),
+    ]
+    config = EngineConfig(num_kv_blocks=128, attention_backend="triton", max_num_batched_tokens=64)
     result[fast] = greedy_tokens(LLMEngine(loaded.model, loaded.tokens, config), prompts, max_tokens=6)
 print(json.dumps(result))
 """
@@ -152,15 +152,15 @@ def test_engine_on_onednn_linears_gives_the_plain_tokens(tiny_dir):
 
     tokens = {}
     for fast in ("none", "onednn"):
-        loaded = load_checkpoint(str(tiny_dir), "float32", "cpu")  # each engine prepares a model of its own
+        loaded = load_checkpoint(str(tiny_dir), "float32", "cpu", fast)
         pre = loaded.preprocessor
         image = pre.load_image(png_bytes(700, 300, seed=5), max_tiles=2)
         prompts = [
             pre.process([ChatMessage.text("user", "Tell me a story.")], []),
             pre.process([ChatMessage("user", (ImagePart(0), TextPart("What is it?")))], [image]),
         ]
-        engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=128, fast_path=fast))
-        assert engine.runner.fast.onednn == (fast == "onednn")
+        engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=128))
+        assert loaded.model.fast.onednn == (fast == "onednn")
         tokens[fast] = greedy_tokens(engine, prompts, max_tokens=8)
     assert tokens["onednn"] == tokens["none"]
     assert all(len(t) == 8 for t in tokens["none"].values())
@@ -180,7 +180,7 @@ def test_triton_kernels_are_refused_where_they_cannot_run(monkeypatch):
     # On the CPU a compiled Triton kernel has no driver: asked for there, it must fail at start,
     # not on every request. The interpreter (the tests' way to run them) is the exception.
     pytest.importorskip("triton")
-    from engine.model_runner import pick_decode_kernel
+    from model.paged_attention import pick_decode_kernel
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -25,15 +25,15 @@ def single_file_copy(src, dst, edit=None):
 
 
 def test_sharded_and_single_file_load_the_same_weights(tiny_dir, tmp_path):
-    sharded = load_model(tiny_dir, torch.float32, CPU)
-    single = load_model(single_file_copy(tiny_dir, tmp_path / "single"), torch.float32, CPU)
+    sharded = load_model(tiny_dir, torch.float32, CPU, "none")
+    single = load_model(single_file_copy(tiny_dir, tmp_path / "single"), torch.float32, CPU, "none")
     assert len(weight_files(tiny_dir)) == 2
     for (name, a), (_, b) in zip(sharded.state_dict().items(), single.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_dtype_is_applied_to_every_parameter(tiny_dir):
-    model = load_model(tiny_dir, torch.bfloat16, CPU)
+    model = load_model(tiny_dir, torch.bfloat16, CPU, "none")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not any(p.is_meta for p in model.parameters())
 

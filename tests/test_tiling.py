@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.inputs import IMAGENET_MEAN, IMAGENET_STD, gather_normalized, normalize_tiles
+from model.pixel_normalization import IMAGENET_MEAN, IMAGENET_STD, gather_normalized, normalize_tiles
 from preprocessing.tiling import candidate_grids, closest_grid, tile_image, tiles_to_pixels
 
 S = 448

@@ -90,6 +90,7 @@ GRAPH_BUFFERS = textwrap.dedent("""
     import json, sys
     from engine.cuda_graphs import DecodeGraphs
     from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.model_runner import ModelRunner
     from engine.sampling_params import SamplingParams
     from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
     from preprocessing.checkpoint import load_checkpoint
@@ -105,11 +106,13 @@ GRAPH_BUFFERS = textwrap.dedent("""
         config = EngineConfig(num_kv_blocks=256, attention_backend="torch" if backend == "torch" else "triton")
         engine = LLMEngine(loaded.model, loaded.tokens, config)
         if backend == "graph":
-            graphs = DecodeGraphs(loaded.model, engine.kv_cache, engine.runner.decode_kernel, engine.runner.fast,
+            runner = engine.runner
+            graphs = DecodeGraphs(loaded.model, engine.kv_cache, runner.decode_kernel,
                                   scratch_block=256, max_batch=8, max_len=200, capture=False)
             run = graphs.run
             graphs.run = lambda layout: replays.append(len(layout.seq_lens)) or run(layout)
-            engine.runner.graphs = graphs
+            engine.runner = ModelRunner(loaded.model, engine.kv_cache, loaded.tokens.img_context_id,
+                                        runner.vision_cache, runner.decode_kernel, graphs)
         # Five at once: while the image chat (327 tokens, past max_len) runs, every step is eager; then
         # the text chats decode in batches of 4, 3 (padded to 4), 2 and 1 through the buffers.
         for k, (p, n) in enumerate(zip(prompts, (6, 9, 12, 15, 3))):
