@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from benchmarks.engine_bench import MID_SIZE, machine
-from benchmarks.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess, record_profile
 from benchmarks.stream_overhead import one, question
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling_params import SamplingParams
@@ -71,16 +69,6 @@ async def server_round(url: str, chats: range, output_tokens: int) -> float:
         return sum(counts) / (time.perf_counter() - started)
 
 
-def profiled(server: ServerProcess, out: Path, seconds: float) -> subprocess.Popen | None:
-    if shutil.which("py-spy") is None:
-        print("py-spy is not installed (pip install py-spy): no profile")
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    command = ["py-spy", "record", "--pid", str(server.process.pid), "--threads", "--format", "speedscope"]
-    command += ["--duration", str(int(seconds) + 1), "--output", str(out / "server.speedscope.json")]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
@@ -104,7 +92,9 @@ def main() -> None:
                 engine_rounds.append(alone.round(chats))
                 recorder = None
                 if args.profile and streams == max(args.streams) and round_ == args.rounds - 1:
-                    recorder = profiled(server, args.profile, streams * args.output_tokens / engine_rounds[-1] * 1.5)
+                    recorder = record_profile(
+                        server, args.profile, streams * args.output_tokens / engine_rounds[-1] * 1.5
+                    )
                 chats = range((2 * round_ + 1) * streams, (2 * round_ + 2) * streams)
                 server_rounds.append(asyncio.run(server_round(server.url, chats, args.output_tokens)))
                 if recorder is not None:

@@ -1,6 +1,6 @@
 """The server's CPU per streamed token: what the event loop pays to deliver each token.
 
-    python -m benchmarks.stream_overhead [--chats 64] [--output-tokens 256] [--url http://...]
+    python -m benchmarks.stream_overhead [--chats 64] [--output-tokens 256] [--rounds 3] [--profile DIR]
 
 A tiny model (its forward costs almost nothing) streams `--chats` text chats at once, each
 `--output-tokens` tokens long, after one uncounted round of the same. The script reads every
@@ -10,6 +10,7 @@ outputs, the SSE chunks, the socket writes) and the rest (the engine thread, pre
 server runs torch on one thread (OMP_NUM_THREADS=1), since OpenMP's workers spin between ops and
 that would count as CPU time. Both threads hold the GIL for their Python work, so their sum per
 token bounds how many tokens a second one server process can stream, whatever the GPU's speed.
+`--profile DIR` records the server's threads with py-spy during the last round (a speedscope JSON).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.engine_bench import machine
-from benchmarks.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess, record_profile
 from model.tiny_weights import TinyShape
 from preprocessing.tiny_checkpoint import bench_checkpoint
 
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="record the server with py-spy during the last round")
     args = parser.parse_args()
 
     model = bench_checkpoint(TinyShape())
@@ -84,11 +86,17 @@ def main() -> None:
         pid = server.process.pid
         asyncio.run(drive(server.url, args.chats, args.output_tokens))  # warm-up, not counted
         print(f"{machine()}: {args.chats} chats x {args.output_tokens} tokens, tiny model, server pid {pid}")
-        for _ in range(args.rounds):
+        seconds = 0.0
+        for round_ in range(args.rounds):
+            recorder = None
+            if args.profile and round_ == args.rounds - 1:
+                recorder = record_profile(server, args.profile, max(seconds, 1.0))
             before = thread_cpu_ns(pid)
             started = time.perf_counter()
             tokens = asyncio.run(drive(server.url, args.chats, args.output_tokens))
             seconds = time.perf_counter() - started
+            if recorder is not None:
+                recorder.wait()
             after = thread_cpu_ns(pid)
             spent = {tid: after[tid] - before.get(tid, 0) for tid in after}
             loop_us = spent.get(pid, 0) / tokens / 1000

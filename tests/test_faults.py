@@ -55,10 +55,10 @@ def test_an_exception_in_preprocessing_fails_that_request_only(inprocess, monkey
     expected = ask(url, GOOD).json()["choices"][0]["message"]["content"]
     real = state.preprocessor.load_image
 
-    def load_image(data, max_tiles=None):
+    def load_image(data, max_tiles=None, limit=None):
         if data == POISON:
             raise RuntimeError("injected preprocessing fault")
-        return real(data, max_tiles)
+        return real(data, max_tiles, limit)
 
     monkeypatch.setattr(state.preprocessor, "load_image", load_image)
     responses = asyncio.run(ask_many(url, [GOOD, POISON, GOOD, GOOD]))
