@@ -1,6 +1,7 @@
 """What the HTTP server costs over its engine: the same chats, engine alone and through the server.
 
     python -m benchmarks.http_tax [--streams 1 16 64] [--output-tokens 128] [--rounds 3] [--profile DIR]
+                                  [--neighbour-ms 1]
 
 For each stream count, in one run on one machine: N text chats of --output-tokens tokens each
 (ignore_eos, so every run decodes the same tokens) through an `LLMEngine` stepped in this process,
@@ -10,13 +11,16 @@ round hits the prefix cache of another), and each reports its median round. Prin
 tokens/s for both, the server's share of the engine's, and the server's concurrent throughput
 against its own one-stream figure. `--profile DIR` records the server under py-spy (both threads,
 `--idle` off) in the last round at the largest stream count and writes a speedscope JSON there.
-The shape flags (--hidden, --layers, ...) size the random checkpoint.
+`--neighbour-ms M` also runs each engine round beside a thread of pure Python busy M ms in every
+40 (about an event loop's share of a step), to show what a little other work on the same cores
+costs the engine alone. The shape flags (--hidden, --layers, ...) size the random checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +64,31 @@ class EngineAlone:
         return tokens / (time.perf_counter() - started)
 
 
+class Neighbour:
+    """A thread of this process that runs pure Python for `busy_s` out of every `period_s`: what the
+    engine alone loses to a little other work on the same cores (an event loop's share, say)."""
+
+    def __init__(self, busy_s: float, period_s: float) -> None:
+        self.busy_s, self.period_s = busy_s, period_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            while time.perf_counter() - started < self.busy_s:
+                pass
+            time.sleep(self.period_s - self.busy_s)
+
+    def __enter__(self) -> Neighbour:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 async def server_round(url: str, chats: range, output_tokens: int) -> float:
     limits = httpx.Limits(max_connections=len(chats) + 4)
     async with httpx.AsyncClient(limits=limits, timeout=600) as client:
@@ -76,6 +105,12 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of new chats per side; the median is printed")
     parser.add_argument("--profile", type=Path, help="record the server with py-spy at the largest stream count")
+    parser.add_argument(
+        "--neighbour-ms",
+        type=float,
+        default=0.0,
+        help="also run each engine round beside a Python thread busy this many ms in every 40",
+    )
     add_shape_args(parser, MID_SIZE)
     args = parser.parse_args()
     directory = bench_checkpoint(shape_from_args(args))
@@ -85,11 +120,14 @@ def main() -> None:
         flags = ["--max-num-seqs", str(max(streams, 1)), "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
         server = ServerProcess(directory, *flags, "--disable-log-stats", startup_s=300)
         alone = EngineAlone(directory, streams, args.output_tokens, args.max_num_batched_tokens)
-        engine_rounds, server_rounds = [], []
+        engine_rounds, server_rounds, neighboured = [], [], []
         try:
             for round_ in range(args.rounds):  # alternating, so both sides see the same drift of a shared machine
                 chats = range(2 * round_ * streams, (2 * round_ + 1) * streams)
                 engine_rounds.append(alone.round(chats))
+                if args.neighbour_ms:
+                    with Neighbour(args.neighbour_ms / 1000, 0.040):
+                        neighboured.append(alone.round(range(10**6 + chats.start, 10**6 + chats.stop)))
                 recorder = None
                 if args.profile and streams == max(args.streams) and round_ == args.rounds - 1:
                     recorder = record_profile(
@@ -111,6 +149,12 @@ def main() -> None:
         )
         print("    rounds, engine: " + " ".join(f"{t:.1f}" for t in engine_rounds)
               + "; server: " + " ".join(f"{t:.1f}" for t in server_rounds))  # fmt: skip
+        if neighboured:
+            beside = median(neighboured)
+            print(
+                f"    engine beside a Python thread busy {args.neighbour_ms:g} ms in 40: {beside:.1f} tok/s, "
+                f"{beside / engine_tps:.3f} of alone (rounds " + " ".join(f"{t:.1f}" for t in neighboured) + ")"
+            )
 
 
 if __name__ == "__main__":
