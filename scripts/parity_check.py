@@ -4,7 +4,7 @@ A developer tool, not a test: it needs the parity harness in ../shared/reference
 (see that README), which CI does not have.
 
     python scripts/parity_check.py CKPT --ref-python /tmp/ref-venv/bin/python \
-        [--image IMG]... [--question Q] [--history-json F] [--system S] [--max-tokens 32]
+        [--image IMG]... [--question Q] [--history-json F] [--system S] [--max-tokens 32] [--fast-path none]
 
 Prints one line per case: prompt ids equal, generated ids equal, max |logprob difference|.
 """
@@ -45,7 +45,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         cmd += ["--history-json", args.history_json]
     if args.max_num_tiles:
         cmd += ["--max-num-tiles", str(args.max_num_tiles)]
-    cmd += ["--prompt", args.question]
+    cmd += ["--fast-path", args.fast_path, "--prompt", args.question]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--history-json")
     parser.add_argument("--max-num-tiles", type=int)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--fast-path", default="auto", help="ours: the optional kernels (none: the plain torch path)")
     args = parser.parse_args()
     ref, ours = run_reference(args), run_ours(args)
     same_prompt = ref["prompt_token_ids"] == ours["prompt_token_ids"]
