@@ -20,7 +20,6 @@ from server.remote_images import RemoteImageFetcher
 from server.state import ServerSettings, ServerState
 
 DEFAULT_PORT = 8000
-REMOTE_FETCH_WORKERS = 8  # fetches wait on the network, not the CPU
 HEALTH_PATH = "/health"
 
 
@@ -84,7 +83,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
     )
     pool = PreprocessPool(settings.preprocess_workers)
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
-    fetch_pool = PreprocessPool(REMOTE_FETCH_WORKERS, "monovl-fetch") if remote is not None else None
+    fetch_pool = PreprocessPool(settings.remote_fetch_workers, "monovl-fetch") if remote is not None else None
     drain = Drain(args.graceful_timeout)
     return ServerState(
         settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote, fetch_pool, drain

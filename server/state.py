@@ -30,6 +30,9 @@ class ServerSettings:
     preprocess_workers: int = setting(
         2, "threads that decode images, tile them and tokenize prompts (remote image fetches have their own)"
     )
+    remote_fetch_workers: int = setting(
+        8, "threads that fetch http(s) images with --allow-remote-images (they wait on the network, not the CPU)"
+    )
     stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy")
 
 

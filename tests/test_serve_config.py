@@ -31,6 +31,10 @@ def test_flags_reach_the_configs():
             *("--max-num-seqs", "3", "--max-num-batched-tokens", "100", "--kv-cache-memory", "0.5"),
             *("--no-prefix-caching", "--enforce-eager", "--json-any-whitespace", "--attention-backend", "torch"),
             *("--preprocess-workers", "5", "--max-image-tiles", "4", "--body-timeout", "2.5"),
+            *(
+                "--remote-fetch-workers",
+                "3",
+            ),
         ]
     )
     engine = from_arguments(EngineConfig, args)
@@ -39,6 +43,7 @@ def test_flags_reach_the_configs():
     assert engine.attention_backend == "torch"
     settings = from_arguments(ServerSettings, args, served_model_name="m", model_path="p")
     assert (settings.preprocess_workers, settings.max_image_tiles, settings.body_timeout) == (5, 4, 2.5)
+    assert settings.remote_fetch_workers == 3
     with pytest.raises(SystemExit):
         parse_args(["serve", "--attention-backend", "cudnn"])
 
