@@ -12,7 +12,7 @@ tokens/s for both, the server's share of the engine's, and the server's concurre
 against its own one-stream figure. `--profile DIR` records the server under py-spy (both threads,
 `--idle` off) in the last round at the largest stream count and writes a speedscope JSON there.
 `--neighbour-ms M` also runs each engine round beside a thread of pure Python busy M ms in every
-40 (about an event loop's share of a step), to show what a little other work on the same cores
+40 (a stand-in for an event loop's work), to show what a little other work on the same cores
 costs the engine alone. The shape flags (--hidden, --layers, ...) size the random checkpoint.
 """
 

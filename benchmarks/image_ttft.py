@@ -6,8 +6,8 @@ Each measurement is a fresh image (no prefix or vision-cache hit), sent to an id
 from add_request to the first token. Preprocessing (PNG decode, tiling, normalization and the
 prompt: the server's worker pool, on the host CPU) is timed apart and printed beside it, with the
 sum: what a user waits for, less HTTP and base64. The images are gradients with noise, saved as
-PNG (4 MB at 13 tiles) or, with --format JPEG, as a photo would come (quality 75, 0.6 MB), which
-decodes several times faster. One warm-up request first, so compilation is not counted.
+PNG or, with --format JPEG, as a photo would come (quality 75); each line names the image's size.
+One warm-up request first, so compilation is not counted.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     print(f"model: {directory.name}, {loaded.model.dtype}; chunk budget {args.max_num_batched_tokens} tokens")
     print(f"images: {args.format}")
 
-    def first_token_seconds(seed: int, size: tuple[int, int]) -> tuple[float, float, int, int]:
+    def first_token_seconds(seed: int, size: tuple[int, int]) -> tuple[float, float, int, int, int]:
         data = image_bytes(*size, seed=seed, image_format=args.format)
         started = time.perf_counter()
         image = pre.load_image(data)
@@ -60,17 +60,18 @@ def main() -> None:
         while engine.has_unfinished():
             engine.step()
         sync(device)
-        return time.perf_counter() - started, preprocessing, image.num_tiles, prompt.num_tokens
+        return time.perf_counter() - started, preprocessing, image.num_tiles, prompt.num_tokens, len(data)
 
     first_token_seconds(1000, SIZES[13])
     for tiles, size in SIZES.items():
         runs = [first_token_seconds(tiles * 100 + k, size) for k in range(args.repeats)]
         assert runs[0][2] == tiles, (tiles, runs[0][2])
-        times = sorted(t for t, _, _, _ in runs)
-        preprocessing = statistics.median(p for _, p, _, _ in runs)
-        both = statistics.median(t + p for t, p, _, _ in runs)
+        times = sorted(run[0] for run in runs)
+        preprocessing = statistics.median(run[1] for run in runs)
+        both = statistics.median(run[0] + run[1] for run in runs)
         print(
-            f"{tiles:2d} tiles ({runs[0][3]:5d} prompt tokens): TTFT p50 {statistics.median(times) * 1000:8.1f} ms"
+            f"{tiles:2d} tiles ({runs[0][3]:5d} prompt tokens, {runs[0][4] / 2**20:4.2f} MiB): "
+            f"TTFT p50 {statistics.median(times) * 1000:8.1f} ms"
             f"  min {times[0] * 1000:8.1f} ms  max {times[-1] * 1000:8.1f} ms;"
             f"  preprocessing p50 {preprocessing * 1000:6.1f} ms; both p50 {both * 1000:8.1f} ms"
         )

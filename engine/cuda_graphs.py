@@ -1,9 +1,9 @@
 """CUDA graphs of the decode step: the whole forward and the LM head replayed as one launch.
 
-An eager decode step of the 2B model issues about a thousand kernels, and the Python that launches
-them takes far longer than the GPU's work (docs/performance.md). A step where every request
-decodes one text token has shapes fixed by the batch size alone, so it is captured once per size
-at start (vLLM's sizes: 1, 2, 4, 8, then every 8) and replayed with new inputs copied into the
+An eager decode step launches every kernel of the forward from Python, one op at a time, and on a
+GPU that launching takes longer than the kernels' own work (docs/performance.md has both times).
+A step where every request decodes one text token has shapes fixed by the batch size alone, so it
+is captured once per size at start (vLLM's sizes: 1, 2, 4, 8, then every 8) and replayed with new inputs copied into the
 graph's static buffers. A batch is padded to the next captured size; the padding rows write their
 K/V to a scratch block that no request owns and attend to one token of it.
 
