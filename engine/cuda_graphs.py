@@ -3,9 +3,9 @@
 An eager decode step launches every kernel of the forward from Python, one op at a time, and on a
 GPU that launching takes longer than the kernels' own work (docs/performance.md has both times).
 A step where every request decodes one text token has shapes fixed by the batch size alone, so it
-is captured once per size at start (vLLM's sizes: 1, 2, 4, 8, then every 8) and replayed with new inputs copied into the
-graph's static buffers. A batch is padded to the next captured size; the padding rows write their
-K/V to a scratch block that no request owns and attend to one token of it.
+is captured once per size at start (vLLM's sizes: 1, 2, 4, 8, then every 8) and replayed with new
+inputs copied into the graph's static buffers. A batch is padded to the next captured size; the
+padding rows write their K/V to a scratch block that no request owns and attend to one token of it.
 
 Only what depends on the step's data crosses in: token ids, the rotary cos/sin (computed outside,
 so any RoPE scaling works), KV slots, block tables and context lengths. The host writes them from
