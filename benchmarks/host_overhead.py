@@ -18,6 +18,7 @@ import torch
 from benchmarks.engine_bench import machine, workload
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampler import sample
+from engine.step_layout import lay_out
 from model.tiny_weights import TinyShape
 from preprocessing.checkpoint import load_checkpoint
 from preprocessing.tiny_checkpoint import bench_checkpoint
@@ -50,7 +51,8 @@ def main() -> None:
     chunks = engine.scheduler.schedule()  # a decode step's chunks, timed without running them
     requests = [chunk.request for chunk in chunks]
     logits = torch.randn(len(chunks), loaded.model.config.llm.vocab_size)
-    layout = mean_ms(lambda: engine.runner.build_batch(chunks))
+    runner = engine.runner
+    layout = mean_ms(lambda: runner.build_batch(chunks, lay_out(chunks, runner.block_size, runner.img_context_id)))
     sampling = mean_ms(lambda: sample(logits, requests))
 
     forward_seconds = 0.0

@@ -18,6 +18,7 @@ from engine.step_layout import StepLayout, lay_out
 from engine.vision_cache import VisionCache
 from model.forward_batch import DecodeKernel, DecodeRows, ExpertRows, ForwardBatch, KVCache
 from model.mono_internvl import MonoInternVL
+from model.paged_attention import attend_together, padded_decode
 from model.pixel_normalization import normalize_tiles
 
 # Prompt positions whose logits are made at once: a long prompt's full logits would not fit in memory.
@@ -104,9 +105,8 @@ class ModelRunner:
             offset += chunk.num_tokens
         return found
 
-    def build_batch(self, chunks: list[ScheduledChunk], layout: StepLayout | None = None) -> ForwardBatch:
+    def build_batch(self, chunks: list[ScheduledChunk], layout: StepLayout) -> ForwardBatch:
         """The step's flat batch on the model's device."""
-        layout = layout or lay_out(chunks, self.block_size, self.img_context_id)
         device = self.model.device
         # One host-to-device copy for the per-token columns; each copy costs a round trip on CUDA.
         columns = torch.from_numpy(
@@ -129,9 +129,17 @@ class ModelRunner:
         )
 
     def decode_rows(self, layout: StepLayout, tables: torch.Tensor) -> DecodeRows | None:
-        """The one-token requests, for the decode kernel to serve in one launch (None: no kernel)."""
+        """The one-token requests, for a decode kernel to serve in one call; without one (the torch
+        path), `padded_decode` for rows of alike context lengths, else None (each attends alone)."""
         requests = [b for b, n in enumerate(layout.query_lens) if n == 1]
-        if self.decode_kernel is None or not requests:
+        kernel = self.decode_kernel
+        if kernel is None:
+            lengths = [layout.seq_lens[b] for b in requests]
+            _, _, _, kv_heads, head_dim = self.kv_cache.key.shape
+            if not attend_together(lengths, kv_heads, head_dim, self.kv_cache.key.element_size()):
+                return None
+            kernel, tables = padded_decode, tables[:, : -(-max(lengths) // self.block_size)]
+        if not requests:
             return None
         device = tables.device
         # One copy: the requests' token rows (their query starts) and their context lengths.
@@ -139,9 +147,9 @@ class ModelRunner:
         host = np.array([starts[requests], [layout.seq_lens[b] for b in requests]], dtype=np.int64)
         rows, seq_lens = torch.from_numpy(host).to(device)
         if len(requests) == len(layout.query_lens):  # all decode: the rows are the batch
-            return DecodeRows(self.decode_kernel, requests, rows, tables, seq_lens.to(torch.int32))
+            return DecodeRows(kernel, requests, rows, tables, seq_lens.to(torch.int32))
         index = torch.tensor(requests, device=device)
-        return DecodeRows(self.decode_kernel, requests, rows, tables[index], seq_lens.to(torch.int32))
+        return DecodeRows(kernel, requests, rows, tables[index], seq_lens.to(torch.int32))
 
     def visual_embeds(self, chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """The embedding rows of the image tokens in this step, in batch order."""

@@ -4,8 +4,8 @@ Which attention runs, in the order a step decides it:
 - A decode step replayed as a CUDA graph (engine/cuda_graphs.py, on CUDA unless --enforce-eager)
   runs the decode kernel inside the graph.
 - Otherwise, one-token rows go to the decode kernel `pick_decode_kernel` chose at start: Triton's
-  paged decode (model/triton_decode.py) on CUDA, or none (`--attention-backend torch`, the CPU).
-- Without a kernel, one-token rows of similar context lengths attend together (`padded_decode`).
+  paged decode (model/triton_decode.py) on CUDA; without it (`--attention-backend torch`, the CPU),
+  `padded_decode` when their context lengths are alike (`attend_together`).
 - Every other row attends per request over its gathered context (`causal_gqa`): torch's SDPA
   (on CUDA flash or memory-efficient attention, never cuDNN), or on the CPU in bfloat16 GEMMs
   in the reference's eager order (`one_query_gqa`, `blocked_causal_gqa`).
@@ -140,45 +140,39 @@ BATCHED_DECODE_BYTES = 32 << 20
 BATCHED_DECODE_PADDING = 1.25  # at most this many padded context tokens per real one
 
 
-def batchable_decodes(batch: ForwardBatch, itemsize: int, kv_heads: int, head_dim: int) -> list[int]:
-    """The one-token requests to attend together: two or more, of similar context lengths, small."""
-    decodes = [b for b, n in enumerate(batch.query_lens) if n == 1]
-    if len(decodes) < 2:
-        return []
-    lengths = [batch.seq_lens[b] for b in decodes]
-    padded = len(decodes) * max(lengths)
+def attend_together(seq_lens: list[int], kv_heads: int, head_dim: int, itemsize: int) -> bool:
+    """Whether one-token rows of these context lengths take `padded_decode`: two or more, of similar
+    lengths, small enough to gather."""
+    if len(seq_lens) < 2:
+        return False
+    padded = len(seq_lens) * max(seq_lens)
     gathered_bytes = 2 * padded * kv_heads * head_dim * itemsize
-    if padded > BATCHED_DECODE_PADDING * sum(lengths) or gathered_bytes > BATCHED_DECODE_BYTES:
-        return []
-    return decodes
+    return padded <= BATCHED_DECODE_PADDING * sum(seq_lens) and gathered_bytes <= BATCHED_DECODE_BYTES
 
 
 def padded_decode(
-    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, tables: torch.Tensor, seq_lens: list[int]
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, tables: torch.Tensor, seq_lens: torch.Tensor
 ) -> torch.Tensor:
-    """One query per request, every request's context gathered to the longest one's and masked past
-    its own: one attention call for them all instead of one per request.
+    """A decode kernel in torch: one query per request, every context gathered to the table's width
+    and masked past its own length, one attention call for them all instead of one per request.
 
-    q: [D, heads, d]; tables: [D, blocks] -> [D, heads, d].
+    q: [D, heads, d]; tables: [D, blocks] (width: the longest context's blocks); seq_lens: [D] -> [D, heads, d].
     """
     rows, heads, d = q.shape
     block_size, kv_heads = key_cache.shape[1:3]
-    blocks = -(-max(seq_lens) // block_size)
-    width = blocks * block_size
-    index = tables[:, :blocks].reshape(-1)  # the table's padding points at block 0: read, then masked
+    width = tables.shape[1] * block_size
+    index = tables.reshape(-1)  # a shorter table's padding points at block 0: read, then masked
     keys = key_cache.index_select(0, index).view(rows, width, kv_heads, d).to(q.dtype)
     values = value_cache.index_select(0, index).view(rows, width, kv_heads, d).to(q.dtype)
-    lengths = torch.tensor(seq_lens, device=q.device)
+    seen = torch.arange(width, device=q.device)[None, :] < seq_lens[:, None]
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:  # as causal_gqa: two GEMMs in the eager order
         group = heads // kv_heads
         scores = torch.matmul(q.view(rows, kv_heads, group, d), keys.permute(0, 2, 3, 1)).div_(math.sqrt(d))
-        hidden = torch.arange(width, device=q.device)[None, :] >= lengths[:, None]
-        scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
+        scores.masked_fill_(~seen[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, values.transpose(1, 2)).reshape(rows, heads, d)
-    seen = (torch.arange(width, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
     args = (q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2))
-    return F.scaled_dot_product_attention(*args, attn_mask=seen, enable_gqa=True)[:, :, 0]
+    return F.scaled_dot_product_attention(*args, attn_mask=seen[:, None, None, :], enable_gqa=True)[:, :, 0]
 
 
 def paged_attention(
@@ -196,12 +190,6 @@ def paged_attention(
         )
         served = set(batch.decode.requests)
     starts = batch.query_start_loc
-    together = [] if served else batchable_decodes(batch, key_cache.element_size(), *key_cache.shape[2:])
-    if together:
-        rows = torch.tensor([starts[b] for b in together], device=q.device)
-        lengths = [batch.seq_lens[b] for b in together]
-        out[rows] = padded_decode(q[rows], key_cache, value_cache, batch.block_tables[together], lengths)
-        served = set(together)
     for b, seq_len in enumerate(batch.seq_lens):
         if b in served:
             continue

@@ -163,7 +163,12 @@ def test_all_text_batch_skips_the_visual_expert():
 def test_decode_rows_attended_together_equal_float64_attention(dtype, lengths):
     # Three one-token requests beside a 3-token chunk (the last length): similar contexts attend in one
     # padded call, a short one among long ones makes the padding too costly and each attends alone.
-    from model.paged_attention import batchable_decodes, paged_attention
+    import numpy as np
+
+    from engine.model_runner import ModelRunner
+    from engine.step_layout import StepLayout
+    from engine.vision_cache import VisionCache
+    from model.paged_attention import padded_decode, paged_attention
     from tests.naive_math import causal_attention as full
 
     heads, kv_heads, d, block_size = 4, 2, 8, 4
@@ -172,6 +177,13 @@ def test_decode_rows_attended_together_equal_float64_attention(dtype, lengths):
     cache_v = torch.randn(16, block_size, kv_heads, d, generator=g).to(dtype)
     tables = torch.tensor([[3, 7, 1], [9, 2, 0], [4, 12, 5], [8, 6, 11]])
     query_lens = [1, 1, 1, 3]
+    # The runner's choice of decode rows on the torch path (no decode kernel); it reads the lengths only.
+    runner = ModelRunner(None, KVCache(cache_k[None], cache_v[None]), 0, VisionCache(0))
+    zeros = [0] * 6
+    layout = StepLayout(zeros, zeros, zeros, [False] * 6, zeros, query_lens, list(lengths), [], np.zeros((4, 3)))
+    decode = runner.decode_rows(layout, tables)
+    together = decode is not None and decode.kernel is padded_decode and decode.requests == [0, 1, 2]
+    assert together == (min(lengths) > 2)
     batch = ForwardBatch(
         input_ids=torch.zeros(6, dtype=torch.long),
         positions=torch.zeros(6, dtype=torch.long),
@@ -181,8 +193,8 @@ def test_decode_rows_attended_together_equal_float64_attention(dtype, lengths):
         block_tables=tables,
         query_lens=query_lens,
         seq_lens=list(lengths),
+        decode=decode,
     )
-    assert (batchable_decodes(batch, cache_k.element_size(), kv_heads, d) == [0, 1, 2]) == (min(lengths) > 2)
     q = torch.randn(6, heads, d, generator=g).to(dtype)
     ours = paged_attention(q, cache_k, cache_v, batch)
     row = 0
