@@ -3,32 +3,21 @@
     python -m benchmarks.cpu_gemm [--hidden 1024 --heads 16 --kv-heads 8 --intermediate 4096] [--rows 1 16 64 512]
 
 For each projection of one decoder layer (wqkv, wo, w1, w2) and each row count (the tokens of a
-step), the median time of both forms and the GFLOP/s it reaches, in float32 and bfloat16, and the
+step), the mean time of both forms and the GFLOP/s it reaches, in float32 and bfloat16, and the
 ratio. `FastPath.onednn` (model/onednn_linear.py) is the second form.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.attention_cpu import mean_ms
 from benchmarks.engine_bench import MID_SIZE, machine
 from model.onednn_linear import OneDNNLinear, onednn_linear_works
-
-
-def median_ms(run, repeats: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def main() -> None:
@@ -60,8 +49,8 @@ def main() -> None:
                 onednn = OneDNNLinear(linear)
                 for rows in args.rows:
                     x = torch.randn(rows, fan_in, generator=generator).to(dtype)
-                    plain = median_ms(lambda: F.linear(x, linear.weight), args.repeats)  # noqa: B023
-                    ours = median_ms(lambda: onednn(x), args.repeats)  # noqa: B023
+                    plain = mean_ms(lambda: F.linear(x, linear.weight), args.repeats)  # noqa: B023
+                    ours = mean_ms(lambda: onednn(x), args.repeats)  # noqa: B023
                     gflop = 2 * rows * fan_in * fan_out / 1e9
                     print(
                         f"{str(dtype).split('.')[-1]:9} {name:5} {rows:5d}  {plain:8.3f} ({gflop / plain * 1e3:6.0f})"

@@ -23,6 +23,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 import httpx
 
@@ -34,10 +35,6 @@ from engine.sampling_params import SamplingParams
 from preprocessing.chat_template import ChatMessage
 from preprocessing.checkpoint import load_checkpoint
 from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 class EngineAlone:
