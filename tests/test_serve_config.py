@@ -31,10 +31,7 @@ def test_flags_reach_the_configs():
             *("--max-num-seqs", "3", "--max-num-batched-tokens", "100", "--kv-cache-memory", "0.5"),
             *("--no-prefix-caching", "--enforce-eager", "--json-any-whitespace", "--attention-backend", "torch"),
             *("--preprocess-workers", "5", "--max-image-tiles", "4", "--body-timeout", "2.5"),
-            *(
-                "--remote-fetch-workers",
-                "3",
-            ),
+            *("--remote-fetch-workers", "3"),
         ]
     )
     engine = from_arguments(EngineConfig, args)
