@@ -9,6 +9,7 @@ import base64
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,12 @@ def bomb_png(width: int = 40000, height: int = 40000) -> bytes:
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def hundred_mib() -> Iterator[bytes]:
+    """A 100 MiB request body in 1 MiB chunks: a chunked upload with no Content-Length."""
+    for _ in range(100):
+        yield b"x" * 2**20
 
 
 def image_message(url: str, text: str = "What is this?") -> list[dict]:

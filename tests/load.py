@@ -97,3 +97,14 @@ def resident_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+async def stream_events(url: str, body: dict, started: asyncio.Event, timeout: float = 60) -> list[str]:
+    """A streamed chat's `data:` payloads; `started` is set at its first."""
+    events = []
+    async with httpx.AsyncClient(timeout=timeout) as client, client.stream("POST", url, json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                started.set()
+    return events

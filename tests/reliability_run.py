@@ -31,9 +31,9 @@ from benchmarks.server_process import ServerProcess
 from model.tiny_weights import TinyShape
 from preprocessing.tiny_checkpoint import bench_checkpoint, make_tiny_checkpoint
 from tests.conftest import png_bytes
-from tests.hostile import data_url, hostile_requests, image_message
-from tests.load import expected_answers, run_round
-from tests.server_helpers import raw_request
+from tests.hostile import data_url, hostile_requests, hundred_mib, image_message
+from tests.load import expected_answers, run_round, stream_events
+from tests.server_helpers import closed_by_server, raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 TRIM_WAIT_S = 6.0  # the server hands freed memory back every 5 s
@@ -76,11 +76,6 @@ def hostile_phase(server: ServerProcess, count: int) -> dict:
 def bodies_phase(server: ServerProcess) -> dict:
     server.reset_peak()
     idle = server.resident_mib()
-
-    def hundred_mib():
-        for _ in range(100):
-            yield b"x" * 2**20
-
     started = time.perf_counter()
     try:
         status = chat_raw(server, hundred_mib())
@@ -135,7 +130,7 @@ def slow_clients_phase(server: ServerProcess, count: int) -> dict:
     served_s = round(time.perf_counter() - started, 3)
     still_open = set(range(count))
     while still_open and time.perf_counter() - started < 60:
-        still_open -= {k for k in still_open if _closed(slow[k])}
+        still_open -= {k for k in still_open if closed_by_server(slow[k])}
         time.sleep(0.2)
     closed_s = round(time.perf_counter() - started, 1)
     for sock in slow:
@@ -143,17 +138,6 @@ def slow_clients_phase(server: ServerProcess, count: int) -> dict:
     figures = {"connections": count, "chat_meanwhile": {"status": served, "seconds": served_s},
                "closed_by_server": count - len(still_open), "all_closed_s": closed_s}  # fmt: skip
     return report("slow_headers", figures)
-
-
-def _closed(sock: socket.socket) -> bool:
-    try:
-        sock.sendall(b"X")
-        data = sock.recv(4096)
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-    return data == b"" or data.startswith(b"HTTP/1.1 408")
 
 
 def stream_phase(server: ServerProcess, streams: int, rounds: int) -> list[dict]:
@@ -235,23 +219,13 @@ def _await_first_token(sock: socket.socket, arrived: list[float], started: float
     arrived.append(time.perf_counter() - started)
 
 
-async def _events(url: str, body: dict, started: asyncio.Event) -> list[str]:
-    events = []
-    async with httpx.AsyncClient(timeout=120) as client, client.stream("POST", url, json=body) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-                started.set()
-    return events
-
-
 def _open_streams(process: ServerProcess, count: int, then) -> list[list[str]]:
     body = {"messages": USER, "max_tokens": 60000, "ignore_eos": True, "stream": True}
 
     async def main():
         started = [asyncio.Event() for _ in range(count)]
         url = f"{process.url}/v1/chat/completions"
-        streams = [asyncio.create_task(_events(url, body, event)) for event in started]
+        streams = [asyncio.create_task(stream_events(url, body, event, timeout=120)) for event in started]
         for event in started:
             await event.wait()
         then()

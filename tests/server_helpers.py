@@ -20,3 +20,15 @@ def raw_request(server: ServerProcess, body: dict) -> socket.socket:
 
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed this slow connection (or answered it 408): one more byte tells."""
+    try:
+        sock.sendall(b"X")  # one more header byte
+        data = sock.recv(4096)
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.1 408")

@@ -14,8 +14,9 @@ import torch
 
 from benchmarks.server_process import ServerProcess
 from tests.conftest import png_bytes
-from tests.hostile import data_url, image_message
-from tests.server_helpers import raw_request
+from tests.hostile import data_url, hundred_mib, image_message
+from tests.load import stream_events
+from tests.server_helpers import closed_by_server, raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -52,11 +53,6 @@ def test_the_context_is_the_configs_as_vllm_derives_it(server):
 def test_a_chunked_body_over_the_limit_is_refused_as_it_crosses_it(server):
     server.reset_peak()
     idle = server.resident_mib()
-
-    def hundred_mib():
-        for _ in range(100):
-            yield b"x" * 2**20
-
     started = time.perf_counter()
     try:
         response = httpx.post(chat_url(server), content=hundred_mib(), timeout=60)
@@ -116,17 +112,6 @@ def test_clients_that_leave_during_preprocessing_are_not_preprocessed(server):
     assert httpx.post(chat_url(server), json={"messages": USER, "max_tokens": 2}).status_code == 200
 
 
-def _closed_by_server(sock: socket.socket) -> bool:
-    try:
-        sock.sendall(b"X")  # one more header byte
-        data = sock.recv(4096)
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-    return data == b"" or data.startswith(b"HTTP/1.1 408")
-
-
 def test_slow_headers_are_cut_off_and_others_are_served_meanwhile(server):
     slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
     for sock in slow:
@@ -139,7 +124,7 @@ def test_slow_headers_are_cut_off_and_others_are_served_meanwhile(server):
     assert time.perf_counter() - started < 1.5  # before any slow client was cut off
     open_ = set(range(len(slow)))
     while open_ and time.perf_counter() - started < 5:
-        open_ -= {k for k in open_ if _closed_by_server(slow[k])}
+        open_ -= {k for k in open_ if closed_by_server(slow[k])}
         time.sleep(0.2)
     took = time.perf_counter() - started
     for sock in slow:
@@ -205,23 +190,13 @@ def test_a_short_chat_goes_beside_a_long_prefill(tiny_dir):
         long_server.stop()
 
 
-async def _stream_events(url: str, body: dict, started: asyncio.Event) -> list[str]:
-    events = []
-    async with httpx.AsyncClient(timeout=60) as client, client.stream("POST", url, json=body) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-                started.set()
-    return events
-
-
 def test_sigterm_ends_open_streams_with_an_error_event_and_done(tiny_dir):
     process = ServerProcess(tiny_dir, "--graceful-timeout", "3")
     body = {"messages": USER, "max_tokens": 60000, "ignore_eos": True, "stream": True}
 
     async def main():
         started = [asyncio.Event() for _ in range(3)]
-        streams = [asyncio.create_task(_stream_events(chat_url(process), body, e)) for e in started]
+        streams = [asyncio.create_task(stream_events(chat_url(process), body, e)) for e in started]
         for event in started:
             await event.wait()
         sent = time.perf_counter()
