@@ -1,16 +1,18 @@
 """What the HTTP server costs over its engine: the same chats, engine alone and through the server.
 
     python -m benchmarks.http_tax [--streams 1 16 64] [--output-tokens 128] [--rounds 3] [--profile DIR]
-                                  [--neighbour-ms 1]
+                                  [--engine-thread] [--neighbour-ms 1]
 
 For each stream count, in one run on one machine: N text chats of --output-tokens tokens each
 (ignore_eos, so every run decodes the same tokens) through an `LLMEngine` stepped in this process,
-and through `monovl serve` (a fresh server, streaming over loopback with httpx; idle while the
-engine runs). The two sides take turns, --rounds rounds each of new chats (new questions, so no
-round hits the prefix cache of another), and each reports its median round. Prints output
-tokens/s for both, the server's share of the engine's, and the server's concurrent throughput
-against its own one-stream figure. `--profile DIR` records the server under py-spy (both threads,
-`--idle` off) in the last round at the largest stream count and writes a speedscope JSON there.
+and through `monovl serve` (a fresh server, its engine in a process of its own, streaming over
+loopback with httpx; idle while the others run); `--engine-thread` adds a third side, a server
+whose engine runs on a thread of its own process. The sides take turns, --rounds rounds each of
+new chats (new questions, so no round hits the prefix cache of another), and each reports its
+median round. Prints output tokens/s for each, each server's share of the engine's, and its
+concurrent throughput against its own one-stream figure. `--profile DIR` records the server
+under py-spy (its processes and threads, `--idle` off) in the last round at the largest stream
+count and writes a speedscope JSON there.
 `--neighbour-ms M` also runs each engine round beside a thread of pure Python busy M ms in every
 40 (a stand-in for an event loop's work), to show what a little other work on the same cores
 costs the engine alone. The shape flags (--hidden, --layers, ...) size the random checkpoint.
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of new chats per side; the median is printed")
     parser.add_argument("--profile", type=Path, help="record the server with py-spy at the largest stream count")
+    parser.add_argument("--engine-thread", action="store_true", help="also a server whose engine runs on a thread")
     parser.add_argument(
         "--neighbour-ms",
         type=float,
@@ -112,46 +115,59 @@ def main() -> None:
     args = parser.parse_args()
     directory = bench_checkpoint(shape_from_args(args))
     print(f"machine: {machine()}; checkpoint {directory.name}; median of {args.rounds} rounds")
-    one = None
+    kinds = {"engine process": []} | ({"engine thread": ["--engine-thread"]} if args.engine_thread else {})
+    one: dict[str, float] = {}
     for streams in args.streams:
         flags = ["--max-num-seqs", str(max(streams, 1)), "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
-        server = ServerProcess(directory, *flags, "--disable-log-stats", startup_s=300)
+        servers = {
+            kind: ServerProcess(directory, *flags, *extra, "--disable-log-stats", startup_s=300)
+            for kind, extra in kinds.items()
+        }
         alone = EngineAlone(directory, streams, args.output_tokens, args.max_num_batched_tokens)
-        engine_rounds, server_rounds, neighboured = [], [], []
+        engine_rounds: list[float] = []
+        server_rounds: dict[str, list[float]] = {kind: [] for kind in kinds}
+        neighboured: list[float] = []
+        fresh = iter(range(0, 10**9, streams))  # the first chat of each round's new questions
         try:
-            for round_ in range(args.rounds):  # alternating, so both sides see the same drift of a shared machine
-                chats = range(2 * round_ * streams, (2 * round_ + 1) * streams)
-                engine_rounds.append(alone.round(chats))
+            for round_ in range(args.rounds):  # taking turns, so every side sees the same drift of a shared machine
+                engine_rounds.append(alone.round(range(start := next(fresh), start + streams)))
                 if args.neighbour_ms:
                     with Neighbour(args.neighbour_ms / 1000, 0.040):
-                        neighboured.append(alone.round(range(10**6 + chats.start, 10**6 + chats.stop)))
-                recorder = None
-                if args.profile and streams == max(args.streams) and round_ == args.rounds - 1:
-                    recorder = record_profile(
-                        server, args.profile, streams * args.output_tokens / engine_rounds[-1] * 1.5
-                    )
-                chats = range((2 * round_ + 1) * streams, (2 * round_ + 2) * streams)
-                server_rounds.append(asyncio.run(server_round(server.url, chats, args.output_tokens)))
-                if recorder is not None:
-                    recorder.wait()
+                        neighboured.append(alone.round(range(start := next(fresh), start + streams)))
+                for kind, server in servers.items():
+                    recorder = None
+                    if args.profile and streams == max(args.streams) and round_ == args.rounds - 1:
+                        seconds = streams * args.output_tokens / engine_rounds[-1] * 1.5
+                        recorder = record_profile(server, args.profile / kind.replace(" ", "-"), seconds)
+                    chats = range(start := next(fresh), start + streams)
+                    server_rounds[kind].append(asyncio.run(server_round(server.url, chats, args.output_tokens)))
+                    if recorder is not None:
+                        recorder.wait()
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
             del alone
-        engine_tps, served = median(engine_rounds), median(server_rounds)
-        one = one or (served if streams == 1 else None)
-        versus_one = f", {served / one:.2f}x the server's one stream" if one and streams > 1 else ""
-        print(
-            f"{streams:3d} streams: engine alone {engine_tps:7.1f} tok/s, server {served:7.1f} tok/s, "
-            f"server/engine {served / engine_tps:.3f}{versus_one}"
-        )
-        print("    rounds, engine: " + " ".join(f"{t:.1f}" for t in engine_rounds)
-              + "; server: " + " ".join(f"{t:.1f}" for t in server_rounds))  # fmt: skip
+        engine_tps = median(engine_rounds)
+        print(f"{streams:3d} streams: engine alone {engine_tps:7.1f} tok/s (rounds {_rounds(engine_rounds)})")
+        for kind, rounds in server_rounds.items():
+            served = median(rounds)
+            if streams == 1:
+                one[kind] = served
+            versus_one = f", {served / one[kind]:.2f}x its one stream" if kind in one and streams > 1 else ""
+            print(
+                f"    server, {kind}: {served:7.1f} tok/s (rounds {_rounds(rounds)}), "
+                f"server/engine {served / engine_tps:.3f}{versus_one}"
+            )
         if neighboured:
             beside = median(neighboured)
             print(
                 f"    engine beside a Python thread busy {args.neighbour_ms:g} ms in 40: {beside:.1f} tok/s, "
-                f"{beside / engine_tps:.3f} of alone (rounds " + " ".join(f"{t:.1f}" for t in neighboured) + ")"
+                f"{beside / engine_tps:.3f} of alone (rounds {_rounds(neighboured)})"
             )
+
+
+def _rounds(rounds: list[float]) -> str:
+    return " ".join(f"{t:.1f}" for t in rounds)
 
 
 if __name__ == "__main__":

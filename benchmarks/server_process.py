@@ -85,11 +85,13 @@ class ServerProcess:
 
 
 def record_profile(server: ServerProcess, out: Path, seconds: float) -> subprocess.Popen | None:
-    """py-spy recording the server's threads for `seconds` into out/server.speedscope.json (wait on it)."""
+    """py-spy recording the server's threads and its engine process's for `seconds` into
+    out/server.speedscope.json (wait on it)."""
     if shutil.which("py-spy") is None:
         print("py-spy is not installed (pip install py-spy): no profile")
         return None
     out.mkdir(parents=True, exist_ok=True)
-    command = ["py-spy", "record", "--pid", str(server.process.pid), "--threads", "--format", "speedscope"]
+    command = ["py-spy", "record", "--pid", str(server.process.pid), "--threads", "--subprocesses"]
+    command += ["--format", "speedscope"]
     command += ["--duration", str(int(seconds) + 1), "--output", str(out / "server.speedscope.json")]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -19,48 +19,40 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
+from engine.core_messages import EngineInfo, EngineStats
 from engine.inputs import PromptInputs
 from engine.llm_engine import LLMEngine
+from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue
-    remaining: int  # completions the engine has not finished yet (n of them)
-
-
-class EngineDeadError(RuntimeError):
-    """The engine thread stopped; no request can be served."""
-
-
 class AsyncEngine:
     def __init__(self, build: Callable[[], LLMEngine]) -> None:
         self._build = build
         self.engine: LLMEngine | None = None  # set by start()
+        self.info: EngineInfo | None = None  # set by start()
         self._built = threading.Event()
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._streams: dict[str, _Stream] = {}
+        self._streams = OutputStreams()
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="monovl-engine", daemon=True)
         self.error: BaseException | None = None
         self._death_watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
-    def start(self) -> LLMEngine:
-        """Start the thread, build the engine on it and return it; the build's exception is raised here."""
+    def start(self) -> EngineInfo:
+        """Start the thread, build the engine on it and describe it; the build's exception is raised here."""
         self._thread.start()
         self._built.wait()
         if self.engine is None:
             self._thread.join()
             raise self.error
-        return self.engine
+        self.info = EngineInfo.of(self.engine)
+        return self.info
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True
@@ -70,6 +62,13 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and self.error is None
+
+    def stats(self) -> EngineStats:
+        return EngineStats.of(self.engine)  # a few reads of ints; a step in flight may be half counted
+
+    def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's grammar on the calling thread (the engine finds it cached); blocks."""
+        self.engine.compile_grammar(params)
 
     async def wait_until_dead(self) -> BaseException:
         """Return the error that stopped the engine loop, once it has (the server exits on it)."""
@@ -86,43 +85,38 @@ class AsyncEngine:
         """Outputs of all `params.n` completions as they come; leaving early aborts the request."""
         if not self.is_running:
             raise EngineDeadError("the engine is not running")
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), params.n)
+        stream = self._streams.open(request_id, params.n)
         added: asyncio.Future = stream.loop.create_future()
 
         def add() -> None:
             try:
                 self.engine.add_request(request_id, prompt, params)
             except Exception as error:
-                _call_soon(stream.loop, _resolve, added, error)
+                self._streams.close(request_id)
+                call_soon(stream.loop, resolve, added, error)
                 return
-            self._streams[request_id] = stream
-            _call_soon(stream.loop, _resolve, added, None)
+            call_soon(stream.loop, resolve, added, None)
 
         self._submit(add)
-        error = await added
+        try:
+            error = await added
+        except asyncio.CancelledError:  # the client left while the engine took it
+            self.abort(request_id)
+            raise
         if error is not None:
             raise error
-        done = 0
-        try:
-            while done < params.n:
-                item = await stream.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                done += item.finished
-                yield item
-        finally:
-            if done < params.n:
-                self.abort(request_id)
+        async for output in read(stream, params.n, lambda: self.abort(request_id)):
+            yield output
 
     def abort(self, request_id: str) -> None:
         def abort() -> None:
-            self._streams.pop(request_id, None)
+            self._streams.close(request_id)
             self.engine.abort_request(request_id)
 
         self._submit(abort)
 
     def call(self, fn: Callable[[], object]) -> asyncio.Future:
-        """Run `fn` on the engine thread between steps (for stats and tests); await its result."""
+        """Run `fn` on the engine thread between steps (for tests); await its result."""
         loop = asyncio.get_running_loop()
         result = loop.create_future()
 
@@ -130,9 +124,9 @@ class AsyncEngine:
             try:
                 value = fn()
             except Exception as error:
-                _call_soon(loop, _resolve_result, result, None, error)
+                call_soon(loop, resolve, result, None, error)
             else:
-                _call_soon(loop, _resolve_result, result, value, None)
+                call_soon(loop, resolve, result, value)
 
         self._submit(run)
         return result
@@ -156,15 +150,13 @@ class AsyncEngine:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
-                self._dispatch(self.engine.step())
+                self._streams.deliver(self.engine.step())
         except BaseException as error:
             log.exception("engine loop died")
             self.error = error
-            for stream in self._streams.values():
-                _call_soon(stream.loop, stream.outputs.put_nowait, EngineDeadError(str(error)))
-            self._streams.clear()
+            self._streams.fail_all(EngineDeadError(str(error)))
             for loop, died in self._death_watchers:
-                _call_soon(loop, _resolve, died, error)
+                call_soon(loop, resolve, died, error)
 
     def _drain_commands(self) -> None:
         while True:
@@ -176,46 +168,3 @@ class AsyncEngine:
                 command()
             except Exception:  # an abort or a stats call that fails is that caller's problem, not the loop's
                 log.exception("an engine command failed")
-
-    def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        # One wake-up of each event loop a step, not one an output: every call_soon_threadsafe writes
-        # to the loop's self-pipe, a syscall the engine thread pays between steps (64 chats: 64 a step).
-        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
-        for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is None:
-                continue
-            if output.finished:
-                stream.remaining -= 1
-                if stream.remaining == 0:
-                    del self._streams[output.request_id]
-            deliveries.setdefault(stream.loop, []).append((stream.outputs, output))
-        for loop, items in deliveries.items():
-            _call_soon(loop, _deliver, items)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
-    """Hand `callback` to `loop`; a loop that has closed (its server gone) must not stop the engine."""
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        log.warning("an event loop closed with requests still open; their outputs are dropped")
-
-
-def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
-    for outputs, output in items:
-        outputs.put_nowait(output)
-
-
-def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
-    if not future.done():
-        future.set_result(error)
-
-
-def _resolve_result(future: asyncio.Future, value: object, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)

@@ -96,6 +96,9 @@ class RequestError(ValueError):
         self.param = param
         self.code = code
 
+    def __reduce__(self) -> tuple:  # it crosses to the server from an engine process
+        return (RequestError, (self.param, str(self), self.code))
+
 
 def check_context(max_model_len: int, num_prompt_tokens: int, max_tokens: int | None) -> None:
     """Refuse a prompt that leaves no room to generate, or prompt + max_tokens beyond the context,
@@ -117,6 +120,29 @@ def check_context(max_model_len: int, num_prompt_tokens: int, max_tokens: int | 
             "of requested output tokens.",
             "context_length_exceeded",
         )
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What this engine can run, checked by the server before a response starts and by the engine
+    when a request arrives."""
+
+    max_model_len: int
+    vocab_size: int
+    structured_outputs: bool  # the tokenizer's pieces are known, so a grammar can be compiled
+
+    def check(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        """Raise RequestError for what the engine cannot run."""
+        check_context(self.max_model_len, num_prompt_tokens, params.max_tokens)
+        if params.top_k > self.vocab_size:
+            raise RequestError(
+                "top_k", f"top_k must be at most the vocabulary size, {self.vocab_size}; got {params.top_k}"
+            )
+        outside = [k for k in params.logit_bias if not 0 <= k < self.vocab_size]
+        if outside:
+            raise RequestError("logit_bias", f"logit_bias has token ids outside the vocabulary: {outside[:5]}")
+        if params.structured_output is not None and not self.structured_outputs:
+            raise RequestError("response_format", "this engine has no vocabulary for structured outputs")
 
 
 @dataclass(frozen=True)
@@ -170,18 +196,10 @@ class LLMEngine:
         self.requests: dict[tuple[str, int], Request] = {}
 
     # ------------------------------------------------------------------ requests in
-    def check_request(self, num_prompt_tokens: int, params: SamplingParams) -> None:
-        """Raise RequestError for what this engine cannot run. Reads only fixed settings, so the server
-        calls it from its own thread too, to refuse before a response starts."""
-        check_context(self.max_model_len, num_prompt_tokens, params.max_tokens)
-        vocab = self.model.config.llm.vocab_size
-        if params.top_k > vocab:
-            raise RequestError("top_k", f"top_k must be at most the vocabulary size, {vocab}; got {params.top_k}")
-        outside = [k for k in params.logit_bias if not 0 <= k < vocab]
-        if outside:
-            raise RequestError("logit_bias", f"logit_bias has token ids outside the vocabulary: {outside[:5]}")
-        if params.structured_output is not None and self.grammars is None:
-            raise RequestError("response_format", "this engine has no vocabulary for structured outputs")
+    @property
+    def limits(self) -> RequestLimits:
+        """What a request must fit; fixed once the engine is built."""
+        return RequestLimits(self.max_model_len, self.model.config.llm.vocab_size, self.grammars is not None)
 
     def compile_grammar(self, params: SamplingParams) -> None:
         """Compile (or find cached) the request's grammar; RequestError if it cannot be. Thread-safe:
@@ -196,7 +214,7 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: PromptInputs, params: SamplingParams) -> None:
         if any(key[0] == request_id for key in self.requests):
             raise RequestError(None, f"request id {request_id!r} is already running")
-        self.check_request(prompt.num_tokens, params)
+        self.limits.check(prompt.num_tokens, params)
         self.compile_grammar(params)
         if params.max_tokens is None:  # as vLLM: the rest of the context
             params = replace(params, max_tokens=self.max_model_len - prompt.num_tokens)

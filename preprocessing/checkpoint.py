@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from engine.llm_engine import TokenizerInfo
+from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
 from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
 from model.mono_internvl import MonoInternVL
@@ -40,14 +40,26 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
+def checkpoint_directory(model: str | None) -> Path:
+    """The checkpoint's directory: a local one, a hub id's download, or the demo's when None."""
+    if model is not None:
+        return resolve_checkpoint(model)
+    directory, created = ensure_demo_checkpoint()
+    verb = "created" if created else "using"
+    print(f"monovl: no --model given; {verb} the tiny random demo checkpoint {directory}", file=sys.stderr)
+    return directory
+
+
 def load_checkpoint(model: str | None, dtype: str, device: str, fast_path: str = FAST_PATH_DEFAULT) -> LoadedCheckpoint:
     """The model (or the demo checkpoint when None) on its device, weights laid out for `fast_path`."""
-    if model is None:
-        directory, created = ensure_demo_checkpoint()
-        verb = "created" if created else "using"
-        print(f"monovl: no --model given; {verb} the tiny random demo checkpoint {directory}", file=sys.stderr)
-    else:
-        directory = resolve_checkpoint(model)
+    directory = checkpoint_directory(model)
     torch_device = parse_device(device)
     loaded = load_model(directory, parse_dtype(dtype, torch_device), torch_device, fast_path)
     return LoadedCheckpoint(directory, loaded, Preprocessor(directory, loaded.config))
+
+
+def build_engine(directory: Path, dtype: str, device: str, fast_path: str, config: EngineConfig) -> LLMEngine:
+    """The engine over the checkpoint in `directory`: what `monovl serve` builds where its engine runs
+    (a module-level function, so that it can be sent to an engine process)."""
+    loaded = load_checkpoint(str(directory), dtype, device, fast_path)
+    return LLMEngine(loaded.model, loaded.tokens, config)

@@ -149,12 +149,12 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> Prepare
         raise bad_request(str(e), e.param) from None
     if mode.kind == "auto":  # the call markers are special tokens: the reader needs to see them
         params = replace(params, skip_special_tokens=False)
-    engine = state.engine.engine
-    check(engine.check_request, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
+    limits = state.engine.info.limits
+    check(limits, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
     conversation = to_conversation(request, mode, settings.max_images_per_request, state.max_prompt_chars)
     await compile_constraint(state, params, constraint)
     prompt = await build_prompt(state, conversation, request.max_num_tiles)
-    check(engine.check_request, prompt.num_tokens, params)
+    check(limits, prompt.num_tokens, params)
     return Prepared(prompt, params, mode)
 
 

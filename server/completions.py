@@ -117,8 +117,8 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
         raise bad_request(str(e), e.param) from None
     if request.echo and request.logprobs is not None:
         params = replace(params, prompt_logprobs=request.logprobs)
-    engine = state.engine.engine
-    check(engine.check_request, 1, params)
+    limits = state.engine.info.limits
+    check(limits, 1, params)
     texts = _prompts(request)
     chars = sum(len(t) for t in texts if isinstance(t, str))
     if chars > state.max_prompt_chars:
@@ -131,7 +131,7 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
     tokenizer, img_context = state.preprocessor.tokenizer, state.preprocessor.img_context_id
     prompts = [await state.pool.run(tokenize_prompt, tokenizer, t, img_context) for t in texts]
     for prompt in prompts:
-        check(engine.check_request, prompt.num_tokens, params)
+        check(limits, prompt.num_tokens, params)
     return PreparedCompletion(prompts, params)
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from engine.async_engine import EngineDeadError
 from engine.inputs import PromptInputs
-from engine.llm_engine import RequestError
+from engine.llm_engine import RequestError, RequestLimits
+from engine.output_streams import EngineDeadError
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from preprocessing.tokenizer import Tokenizer
@@ -57,14 +57,14 @@ async def compile_constraint(state: ServerState, params: SamplingParams, constra
     if constraint is None:
         return
     try:
-        await state.pool.run(state.engine.engine.compile_grammar, params)
+        await state.pool.run(state.engine.compile_grammar, params)
     except RequestError as e:
         raise bad_request(str(e), constraint.param, e.code) from None
 
 
-def check(check_request, num_prompt_tokens: int, params: SamplingParams) -> None:
+def check(limits: RequestLimits, num_prompt_tokens: int, params: SamplingParams) -> None:
     try:
-        check_request(num_prompt_tokens, params)
+        limits.check(num_prompt_tokens, params)
     except RequestError as e:
         raise bad_request(str(e), e.param, e.code) from None
 

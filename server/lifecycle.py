@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 
 from engine.async_engine import AsyncEngine
+from engine.engine_process import EngineProcess
 from server.drain import Drain
 from server.memory import trim_now_and_then
 
@@ -28,7 +29,7 @@ ENGINE_DIED_EXIT_STATUS = 1
 
 
 class Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: AsyncEngine, drain: Drain) -> None:
+    def __init__(self, config: uvicorn.Config, engine: AsyncEngine | EngineProcess, drain: Drain) -> None:
         super().__init__(config)
         self.engine = engine
         self.drain = drain

@@ -30,10 +30,14 @@ def _libc_function(name: str) -> Callable[..., int] | None:
 
 
 def limit_arenas(arenas: int = ARENAS) -> None:
-    """Before the server starts its threads: later threads share these arenas. MALLOC_ARENA_MAX in
-    the environment, the operator's own choice, wins."""
+    """Before the server starts its threads: later threads share these arenas, and the engine
+    process, started after, reads the same limit from its environment. MALLOC_ARENA_MAX in the
+    environment, the operator's own choice, wins."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    os.environ["MALLOC_ARENA_MAX"] = str(arenas)
     mallopt = _libc_function("mallopt")
-    if mallopt is not None and "MALLOC_ARENA_MAX" not in os.environ:
+    if mallopt is not None:
         mallopt(_M_ARENA_MAX, arenas)
 
 

@@ -1,4 +1,4 @@
-"""`monovl serve`: load the model, start the engine thread, run uvicorn until SIGTERM (or the engine dies)."""
+"""`monovl serve`: start the engine (its own process, or a thread), run uvicorn until SIGTERM (or the engine dies)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import os
 import socket
 import sys
 import time
+from functools import partial
+
+import torch
 
 from engine.async_engine import AsyncEngine
-from engine.llm_engine import EngineConfig, LLMEngine
+from engine.engine_process import EngineProcess
+from engine.llm_engine import EngineConfig
 from engine.settings import add_arguments, from_arguments
-from preprocessing.checkpoint import LoadedCheckpoint, load_checkpoint
+from model.config import ModelConfig
+from preprocessing.checkpoint import build_engine, checkpoint_directory
+from preprocessing.processor import Preprocessor
 from server.drain import Drain
 from server.metrics import PREFIXES, Metrics
 from server.preprocess_pool import PreprocessPool
@@ -21,6 +27,7 @@ from server.state import ServerSettings, ServerState
 
 DEFAULT_PORT = 8000
 HEALTH_PATH = "/health"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -57,36 +64,36 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_state(args: argparse.Namespace) -> ServerState:
-    checkpoints: list[LoadedCheckpoint] = []
-
-    def build_engine() -> LLMEngine:
-        # on the engine thread: loading runs parallel torch ops too (engine/async_engine.py says why)
-        loaded = load_checkpoint(args.model, args.dtype, args.device, args.fast_path)
-        checkpoints.append(loaded)
-        return LLMEngine(loaded.model, loaded.tokens, from_arguments(EngineConfig, args))
-
-    async_engine = AsyncEngine(build_engine)
-    engine = async_engine.start()
-    loaded = checkpoints[0]
+    directory = checkpoint_directory(args.model)
+    # Built where it runs: in its process, or on the engine thread (engine/async_engine.py says why).
+    config = from_arguments(EngineConfig, args)
+    build = partial(build_engine, directory, args.dtype, args.device, args.fast_path, config)
+    if args.engine_process:
+        engine = EngineProcess(build, args.log_level, LOG_FORMAT)
+        torch.set_num_threads(1)  # this process's torch work is small; the cores' parallel work is the engine's
+    else:
+        engine = AsyncEngine(build)
+    info = engine.start()
     settings = from_arguments(
         ServerSettings,
         args,
         served_model_name=args.served_model_name or args.model or "monovl-demo",
-        model_path=str(loaded.directory),
+        model_path=str(directory),
         api_key=args.api_key or None,
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         stats_interval=0.0 if args.disable_log_stats else args.stats_interval,
     )
     metrics = Metrics(settings.served_model_name, args.metrics_prefix)
     metrics.track_engine(
-        lambda: len(engine.scheduler.running), lambda: len(engine.scheduler.waiting), lambda: engine.kv_cache_usage
+        lambda: engine.stats().running, lambda: engine.stats().waiting, lambda: engine.stats().kv_cache_usage
     )
     pool = PreprocessPool(settings.preprocess_workers)
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     fetch_pool = PreprocessPool(settings.remote_fetch_workers, "monovl-fetch") if remote is not None else None
     drain = Drain(args.graceful_timeout)
+    preprocessor = Preprocessor(directory, ModelConfig.load(directory))
     return ServerState(
-        settings, loaded.preprocessor, async_engine, pool, metrics, engine.max_model_len, remote, fetch_pool, drain
+        settings, preprocessor, engine, pool, metrics, info.limits.max_model_len, remote, fetch_pool, drain
     )
 
 
@@ -105,25 +112,26 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def log_startup(state: ServerState, args: argparse.Namespace, load_seconds: float) -> None:
-    engine = state.engine.engine
-    runner = engine.runner
-    pool_tokens = engine.block_pool.num_blocks * engine.config.block_size
+    info = state.engine.info
+    pool_tokens = info.num_blocks * info.block_size
     logging.getLogger("monovl").info(
         "serving %s on http://%s:%d: loaded in %.1f s (%s %s); KV pool %d blocks (%d tokens), context %d tokens, "
-        "maximum concurrency at the full context %.2fx; decode attention %s, fast path %s, CUDA graphs %s",
+        "maximum concurrency at the full context %.2fx; decode attention %s, fast path %s, CUDA graphs %s; "
+        "the engine runs in %s",
         state.settings.served_model_name,
         args.host,
         args.port,
         load_seconds,
-        engine.model.device,
-        str(engine.model.dtype).removeprefix("torch."),
-        engine.block_pool.num_blocks,
+        info.device,
+        info.dtype,
+        info.num_blocks,
         pool_tokens,
         state.max_model_len,
         pool_tokens / state.max_model_len,
-        "triton" if runner.decode_kernel is not None else "torch",
-        engine.model.fast,
-        f"for batch sizes up to {runner.graphs.sizes[-1]}" if runner.graphs is not None else "off",
+        info.decode_attention,
+        info.fast_path,
+        f"for batch sizes up to {info.max_graph_batch}" if info.max_graph_batch is not None else "off",
+        "a process of its own" if args.engine_process else "a thread of the server's process",
     )
 
 
@@ -135,7 +143,7 @@ def serve(args: argparse.Namespace) -> None:
     from server.lifecycle import ENGINE_DIED_EXIT_STATUS, Server
     from server.memory import limit_arenas
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     limit_arenas()  # before the engine, preprocessing and OpenMP threads start (server/memory.py)
     sock = bind(args.host, args.port)  # a busy port fails now, not after minutes of loading
     started = time.perf_counter()

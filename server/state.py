@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.async_engine import AsyncEngine
+from engine.engine_process import EngineProcess
 from engine.settings import setting
 from preprocessing.processor import Preprocessor
 from server.drain import Drain
@@ -34,13 +35,19 @@ class ServerSettings:
         8, "threads that fetch http(s) images with --allow-remote-images (they wait on the network, not the CPU)"
     )
     stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy")
+    engine_process: bool = setting(
+        True,
+        "run the engine on a thread of the server's process, not in a process of its own (the GIL is then shared)",
+        flag="--engine-thread",
+        negate=True,
+    )
 
 
 @dataclass
 class ServerState:
     settings: ServerSettings
     preprocessor: Preprocessor
-    engine: AsyncEngine
+    engine: AsyncEngine | EngineProcess
     pool: PreprocessPool
     metrics: Metrics
     max_model_len: int

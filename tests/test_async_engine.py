@@ -5,8 +5,10 @@ import threading
 
 import pytest
 
-from engine.async_engine import AsyncEngine, _deliver
+from engine.async_engine import AsyncEngine
+from engine.core_messages import EngineInfo
 from engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
+from engine.output_streams import _deliver
 from engine.sampling_params import SamplingParams
 from tests.engine_helpers import mixed_workload
 
@@ -128,7 +130,7 @@ def test_the_engine_is_built_on_its_thread_and_a_build_error_raises_in_start(tin
         return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
 
     engine = AsyncEngine(build)
-    assert engine.start() is engine.engine and threads == [engine._thread]
+    assert isinstance(engine.start(), EngineInfo) and threads == [engine._thread]
     engine.shutdown()
 
     def broken() -> LLMEngine:

@@ -155,7 +155,7 @@ def test_prefill_attention_on_cuda_equals_the_cpu(dtype, n, seq_len):
 
 
 def test_a_cuda_server_answers_concurrent_chats_as_the_cpu_server_does(tiny_dir):
-    # The server builds its engine (CUDA graphs included) on the engine thread and replays there.
+    # The server builds its engine (CUDA graphs included) in the engine process and replays there.
     import asyncio
 
     import httpx

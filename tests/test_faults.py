@@ -24,7 +24,9 @@ GOOD = png_bytes(60, 40, seed=7)
 @pytest.fixture(scope="module")
 def inprocess(tiny_dir):
     port = free_port()
-    args = build_parser().parse_args(["serve", "--model", str(tiny_dir), "--host", "127.0.0.1", "--port", str(port)])
+    args = build_parser().parse_args(
+        ["serve", "--model", str(tiny_dir), "--host", "127.0.0.1", "--port", str(port), "--engine-thread"]
+    )
     state = build_state(args)
     server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -256,8 +258,9 @@ def test_a_sampling_fault_fails_that_request_only(tiny_model, preprocessor, monk
 
 
 def test_a_device_that_stops_computing_stops_the_engine(tiny_model, preprocessor, monkeypatch):
-    from engine.async_engine import AsyncEngine, EngineDeadError
+    from engine.async_engine import AsyncEngine
     from engine.model_runner import DeviceError, ModelRunner
+    from engine.output_streams import EngineDeadError
     from engine.sampling_params import SamplingParams
     from preprocessing.chat_template import ChatMessage
 

@@ -82,7 +82,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_dir, tmp_path, args, message
 
 
 def test_serve_with_a_bad_model_is_one_line_and_exit_code_2(tmp_path):
-    # the model loads on the engine thread; its error must still reach the command line
+    # the model is found before the engine process starts; the error reaches the command line as one line
     result = monovl("serve", "--model", str(tmp_path / "absent"), "--port", "0")
     assert result.returncode == 2
     assert result.stderr.startswith("monovl: error:") and "neither a checkpoint directory" in result.stderr

@@ -1,0 +1,219 @@
+"""The engine core in a process of its own, behind `AsyncEngine`'s interface.
+
+The server's process keeps HTTP, preprocessing and the SSE streams; the core process
+(engine/engine_core.py) keeps the model, the KV cache and the step loop, so neither's Python
+waits for the other's GIL. Two threads here talk to it over one pipe: one sends requests and
+aborts as they come (pickling a request's tiles off the event loop), one reads each step's
+outputs and hands them to the requests' streams. A request is admitted once the core has
+taken it, so a request it refuses fails before its response starts, as on the engine thread.
+
+If the core exits (a crash, a device that failed, the OOM killer), every open stream and waiting
+call gets `EngineDeadError` and `wait_until_dead` returns, as when the engine thread dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import multiprocessing
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from engine.core_messages import (
+    AbortRequest,
+    Added,
+    AddRequest,
+    BuildFailed,
+    Compiled,
+    CompileGrammar,
+    CoreDied,
+    EngineInfo,
+    EngineStats,
+    Shutdown,
+    StepOutputs,
+)
+from engine.engine_core import Pipe, run_core
+from engine.inputs import PromptInputs
+from engine.llm_engine import LLMEngine
+from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineProcess:
+    def __init__(self, build: Callable[[], LLMEngine], log_level: str = "info", log_format: str = "%(message)s"):
+        """`build` is pickled to the new process (spawned, not forked: torch's threads do not survive a fork)."""
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=run_core, args=(build, child, log_level, log_format), name="monovl-engine", daemon=True
+        )
+        self._child_end = child
+        self._pipe = Pipe(self._conn)
+        self._outbox: queue.Queue[object] = queue.Queue()
+        self._streams = OutputStreams()
+        self._lock = threading.Lock()  # the waiting adds and compiles, against the engine's death
+        self._adds: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._compiles: dict[int, concurrent.futures.Future] = {}
+        self._tickets = itertools.count()
+        self._stopping = False
+        self.info: EngineInfo | None = None  # set by start()
+        self._stats: EngineStats | None = None
+        self.error: BaseException | None = None
+        self._death_watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._threads = [
+            threading.Thread(target=self._send_loop, name="monovl-engine-send", daemon=True),
+            threading.Thread(target=self._receive_loop, name="monovl-engine-receive", daemon=True),
+        ]
+
+    def start(self) -> EngineInfo:
+        """Start the process and wait for its engine; the build's exception is raised here."""
+        self._process.start()
+        self._child_end.close()
+        try:
+            message = self._pipe.recv()
+        except (EOFError, OSError):
+            self._process.join(5)
+            self.error = RuntimeError(f"the engine process exited while starting ({self._exit_status()})")
+            raise self.error from None
+        if isinstance(message, BuildFailed):
+            self._process.join(10)
+            self.error = message.error
+            raise self.error
+        self.info = message.info
+        self._stats = EngineStats(0, 0, 0.0, self.info.num_blocks)
+        for thread in self._threads:
+            thread.start()
+        return self.info
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._outbox.put(Shutdown())
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("the engine process did not stop in %.0f s; it is killed", timeout)
+            self._process.kill()
+            self._process.join(5)
+        self._outbox.put(None)
+        self._conn.close()
+
+    @property
+    def is_running(self) -> bool:
+        return self._process.is_alive() and self.error is None
+
+    def stats(self) -> EngineStats:
+        return self._stats  # as of the core's last step
+
+    def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's grammar in the core (which keeps it for the request); blocks until it has."""
+        if params.structured_output is None:
+            return
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self.error is not None:
+                raise EngineDeadError("the engine is not running")
+            ticket = next(self._tickets)
+            self._compiles[ticket] = done
+        self._outbox.put(CompileGrammar(ticket, params))
+        error = done.result()
+        if error is not None:
+            raise error
+
+    async def wait_until_dead(self) -> BaseException:
+        loop = asyncio.get_running_loop()
+        died = loop.create_future()
+        self._death_watchers.append((loop, died))
+        if self.error is not None:
+            return self.error
+        return await died
+
+    async def generate(
+        self, request_id: str, prompt: PromptInputs, params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Outputs of all `params.n` completions as they come; leaving early aborts the request."""
+        stream = self._streams.open(request_id, params.n)
+        added = stream.loop.create_future()
+        with self._lock:
+            if self.error is not None or self._stopping:
+                self._streams.close(request_id)
+                raise EngineDeadError("the engine is not running")
+            self._adds[request_id] = (stream.loop, added)
+        self._outbox.put(AddRequest(request_id, prompt, params))
+        try:
+            error = await added
+        except asyncio.CancelledError:  # the client left while the core took it
+            self.abort(request_id)
+            raise
+        if error is not None:
+            self._streams.close(request_id)
+            raise error
+        async for output in read(stream, params.n, lambda: self.abort(request_id)):
+            yield output
+
+    def abort(self, request_id: str) -> None:
+        self._streams.close(request_id)
+        self._outbox.put(AbortRequest(request_id))
+
+    def _send_loop(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                self._pipe.send(message)
+            except OSError:  # the core is gone; the receiving thread reports it
+                return
+            if isinstance(message, Shutdown):
+                return
+
+    def _receive_loop(self) -> None:
+        error: BaseException | None = None
+        try:
+            while error is None:
+                error = self._take(self._pipe.recv())
+        except (EOFError, OSError):
+            self._process.join(5)
+            error = EngineDeadError(f"the engine process exited ({self._exit_status()})")
+        if not self._stopping:
+            log.error("the engine process stopped: %s", error)
+            self._die(error)
+
+    def _take(self, message: object) -> BaseException | None:
+        """Act on one message from the core; the error that ends it, when the core died."""
+        if isinstance(message, StepOutputs):
+            self._stats = message.stats
+            self._streams.deliver(message.outputs)
+        elif isinstance(message, Added):
+            with self._lock:
+                loop, added = self._adds.pop(message.request_id)
+            call_soon(loop, resolve, added, message.error)
+        elif isinstance(message, Compiled):
+            with self._lock:
+                done = self._compiles.pop(message.ticket)
+            done.set_result(message.error)
+        elif isinstance(message, CoreDied):
+            return message.error
+        return None
+
+    def _die(self, error: BaseException) -> None:
+        """Every waiting caller gets EngineDeadError; the watchers get what stopped the core."""
+        with self._lock:
+            self.error = error
+            adds, self._adds = list(self._adds.values()), {}
+            compiles, self._compiles = list(self._compiles.values()), {}
+        dead = error if isinstance(error, EngineDeadError) else EngineDeadError(str(error))
+        self._streams.fail_all(dead)
+        for loop, added in adds:
+            call_soon(loop, resolve, added, dead)
+        for done in compiles:
+            done.set_result(dead)
+        for loop, died in self._death_watchers:
+            call_soon(loop, resolve, died, error)
+
+    def _exit_status(self) -> str:
+        code = self._process.exitcode
+        if code is None:
+            return "still running, its pipe closed"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"

@@ -1,0 +1,162 @@
+"""The engine core in its own process: the same streams as in-process, abort, errors, death, shutdown."""
+
+import asyncio
+import os
+import signal
+from functools import partial
+
+import pytest
+
+from engine.engine_process import EngineProcess
+from engine.llm_engine import EngineConfig, RequestError
+from engine.output_streams import EngineDeadError
+from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutput
+from model.loader import CheckpointError
+from preprocessing.checkpoint import build_engine
+from tests.engine_helpers import mixed_workload
+
+CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
+
+
+def start(directory, config: EngineConfig = CONFIG) -> EngineProcess:
+    engine = EngineProcess(partial(build_engine, directory, "float32", "cpu", "auto", config))
+    engine.start()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine_process(tiny_dir):
+    engine = start(tiny_dir)
+    assert engine.info.num_blocks == 1024 and engine.info.device == "cpu"
+    yield engine
+    engine.shutdown()
+    assert engine.stats().num_free_blocks == 1024
+
+
+async def collect(engine, request_id, prompt, params):
+    tokens: dict[int, list[int]] = {}
+    text = ""
+    async for output in engine.generate(request_id, prompt, params):
+        tokens.setdefault(output.index, []).extend(output.new_token_ids)
+        text += output.new_text
+    return tokens, text
+
+
+async def free_blocks_return(engine: EngineProcess, expected: int) -> bool:
+    for _ in range(200):
+        if engine.stats().num_free_blocks == expected:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def test_streams_carry_the_tokens_and_text_of_the_engine_in_this_process(engine_process, tiny_dir, preprocessor):
+    workload = mixed_workload(preprocessor)[:10]  # text, images, two images in one prompt
+
+    async def main():
+        return await asyncio.gather(*(collect(engine_process, *item) for item in workload))
+
+    results = asyncio.run(main())
+    loaded = build_engine(tiny_dir, "float32", "cpu", "auto", EngineConfig(num_kv_blocks=512))
+    for (request_id, prompt, params), (tokens, text) in zip(workload, results, strict=True):
+        loaded.add_request(request_id, prompt, params)
+        expected, expected_text = [], ""
+        while loaded.has_unfinished():
+            for out in loaded.step():
+                expected += out.new_token_ids
+                expected_text += out.new_text
+        assert tokens == {0: expected} and text == expected_text
+
+
+def test_leaving_a_stream_aborts_it_in_the_core_and_frees_its_blocks(engine_process, preprocessor):
+    _, prompt, _ = mixed_workload(preprocessor)[4]
+    params = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+
+    async def main():
+        stream = engine_process.generate("leaver", prompt, params)
+        async for output in stream:
+            if output.new_token_ids:
+                break
+        assert engine_process.stats().num_free_blocks < 1024
+        await stream.aclose()
+        return await free_blocks_return(engine_process, 1024)
+
+    assert asyncio.run(main())
+
+
+def test_refusals_cross_back_as_request_errors_and_the_core_goes_on(engine_process, preprocessor):
+    _, prompt, params = mixed_workload(preprocessor)[0]
+    over = SamplingParams(max_tokens=engine_process.info.limits.max_model_len)
+
+    async def main():
+        first = asyncio.create_task(
+            collect(engine_process, "dup", prompt, SamplingParams(max_tokens=300, ignore_eos=True))
+        )
+        await asyncio.sleep(0.05)
+        with pytest.raises(RequestError, match="already running"):
+            await collect(engine_process, "dup", prompt, params)
+        with pytest.raises(RequestError, match="maximum context length") as refused:
+            await collect(engine_process, "long", prompt, over)
+        assert refused.value.param == "max_tokens" and refused.value.code == "context_length_exceeded"
+        return await first
+
+    tokens, _ = asyncio.run(main())
+    assert len(tokens[0]) == 300 and engine_process.is_running
+
+
+def test_grammars_compile_in_the_core_and_a_bad_one_is_a_request_error(engine_process, preprocessor):
+    good = SamplingParams(structured_output=StructuredOutput.choice(["yes", "no"]), temperature=0)
+    engine_process.compile_grammar(good)
+    bad = SamplingParams(structured_output=StructuredOutput.json_schema('{"type": "no-such-type"}'))
+    with pytest.raises(RequestError) as refused:
+        engine_process.compile_grammar(bad)
+    assert refused.value.param == "response_format" and refused.value.code == "invalid_grammar"
+    _, prompt, _ = mixed_workload(preprocessor)[0]
+    _, text = asyncio.run(collect(engine_process, "choice", prompt, good))
+    assert text in ("yes", "no")
+
+
+def test_a_build_error_raises_in_start(tmp_path):
+    engine = EngineProcess(partial(build_engine, tmp_path / "missing", "float32", "cpu", "auto", CONFIG))
+    with pytest.raises(CheckpointError):
+        engine.start()
+    assert not engine.is_running
+
+
+def test_a_core_that_dies_fails_every_stream_and_wakes_the_watchers(tiny_dir, preprocessor):
+    engine = start(tiny_dir)
+    _, prompt, _ = mixed_workload(preprocessor)[0]
+    params = SamplingParams(temperature=0, max_tokens=2000, ignore_eos=True)
+
+    async def main():
+        died = asyncio.create_task(engine.wait_until_dead())
+        streams = [engine.generate(f"r{k}", prompt, params) for k in range(3)]
+        for stream in streams:
+            await anext(stream)
+        os.kill(engine._process.pid, signal.SIGKILL)  # as the OOM killer would
+        for stream in streams:
+            with pytest.raises(EngineDeadError):
+                async for _ in stream:
+                    pass
+        error = await asyncio.wait_for(died, 10)
+        with pytest.raises(EngineDeadError):
+            await anext(engine.generate("after", prompt, params))
+        return error
+
+    error = asyncio.run(main())
+    assert isinstance(error, EngineDeadError) and "signal 9" in str(error)
+    assert not engine.is_running
+    engine.shutdown()
+
+
+def test_shutdown_stops_the_core_and_a_closed_pipe_ends_it_too(tiny_dir):
+    engine = start(tiny_dir, EngineConfig(num_kv_blocks=64))
+    engine.shutdown()
+    assert engine._process.exitcode == 0
+
+    orphan = start(tiny_dir, EngineConfig(num_kv_blocks=64))
+    orphan._stopping = True  # as if this process had gone: nothing reports the core's exit
+    orphan._conn.close()
+    orphan._process.join(20)
+    assert orphan._process.exitcode is not None
