@@ -44,16 +44,22 @@ QUESTIONS = [
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The device and torch; for a CPU its model name and widest vector unit, which is what its
+    GEMMs run on (a virtual CPU's model name may not tell one generation from another)."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    cpu = f"{cpu} ({vector})" if vector else cpu
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 

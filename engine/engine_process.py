@@ -94,7 +94,10 @@ class EngineProcess:
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True
         self._outbox.put(Shutdown())
-        self._process.join(timeout)
+        receiving = self._threads[1]
+        if receiving.is_alive():  # it ends when the core closes its end; only then is the process reaped here
+            receiving.join(timeout)
+        self._process.join(timeout if not receiving.is_alive() else 0)
         if self._process.is_alive():
             log.warning("the engine process did not stop in %.0f s; it is killed", timeout)
             self._process.kill()
@@ -174,6 +177,8 @@ class EngineProcess:
             while error is None:
                 error = self._take(self._pipe.recv())
         except (EOFError, OSError):
+            if self._stopping:
+                return
             self._process.join(5)
             error = EngineDeadError(f"the engine process exited ({self._exit_status()})")
         if not self._stopping:

@@ -3,7 +3,11 @@
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -150,13 +154,44 @@ def test_a_core_that_dies_fails_every_stream_and_wakes_the_watchers(tiny_dir, pr
     engine.shutdown()
 
 
-def test_shutdown_stops_the_core_and_a_closed_pipe_ends_it_too(tiny_dir):
+ORPHANING = """
+import os, sys
+from functools import partial
+from pathlib import Path
+from engine.engine_process import EngineProcess
+from engine.llm_engine import EngineConfig
+from preprocessing.checkpoint import build_engine
+engine = EngineProcess(partial(build_engine, sys.argv[1], "float32", "cpu", "auto", EngineConfig(num_kv_blocks=64)))
+engine.start()
+print(engine._process.pid, flush=True)
+os._exit(0)  # as if killed: no atexit, nothing stops the core but its pipe's other end closing
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaps (a container's first process may not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_shutdown_stops_the_core_and_the_server_process_dying_ends_it_too(tiny_dir):
     engine = start(tiny_dir, EngineConfig(num_kv_blocks=64))
     engine.shutdown()
     assert engine._process.exitcode == 0
 
-    orphan = start(tiny_dir, EngineConfig(num_kv_blocks=64))
-    orphan._stopping = True  # as if this process had gone: nothing reports the core's exit
-    orphan._conn.close()
-    orphan._process.join(20)
-    assert orphan._process.exitcode is not None
+    server = subprocess.run(
+        [sys.executable, "-c", ORPHANING, str(tiny_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert server.returncode == 0, server.stderr
+    core = int(server.stdout.split()[-1])
+    deadline = time.monotonic() + 20
+    while not gone(core) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone(core)
