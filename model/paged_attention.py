@@ -171,8 +171,15 @@ def padded_decode(
         scores.masked_fill_(~seen[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, values.transpose(1, 2)).reshape(rows, heads, d)
-    args = (q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2))
-    return F.scaled_dot_product_attention(*args, attn_mask=seen[:, None, None, :], enable_gqa=True)[:, :, 0]
+    # Each KV head's group of query heads as that head's queries: SDPA then runs rows x KV heads
+    # programs, not rows x query heads; and an additive mask, which it takes as it is (a boolean
+    # one it converts on every call).
+    grouped = q.view(rows, kv_heads, heads // kv_heads, d)
+    hidden = torch.zeros(rows, 1, 1, width, dtype=q.dtype, device=q.device).masked_fill_(
+        ~seen[:, None, None, :], -math.inf
+    )
+    out = F.scaled_dot_product_attention(grouped, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=hidden)
+    return out.reshape(rows, heads, d)
 
 
 def paged_attention(
