@@ -1,15 +1,18 @@
 """The server's CPU per streamed token: what the event loop pays to deliver each token.
 
     python -m benchmarks.stream_overhead [--chats 64] [--output-tokens 256] [--rounds 3] [--profile DIR]
+                                         [--engine-thread]
 
 A tiny model (its forward costs almost nothing) streams `--chats` text chats at once, each
 `--output-tokens` tokens long, after one uncounted round of the same. The script reads every
 server thread's CPU time from Linux's /proc/<pid>/task/<tid>/schedstat before and after each
-round and prints it per streamed token: the main thread (uvicorn's event loop: the engine's
-outputs, the SSE chunks, the socket writes) and the rest (the engine thread, preprocessing). The
-server runs torch on one thread (OMP_NUM_THREADS=1), since OpenMP's workers spin between ops and
-that would count as CPU time. Both threads hold the GIL for their Python work, so their sum per
-token bounds how many tokens a second one server process can stream, whatever the GPU's speed.
+round and prints it per streamed token: the main thread (uvicorn's event loop: the SSE chunks,
+the socket writes), the server process's other threads (the engine pipe's: the outputs' text and
+their hand-over; preprocessing) and the engine core's process (`--engine-thread`: the engine
+thread, counted with the other threads). The server runs torch on one thread (OMP_NUM_THREADS=1),
+since OpenMP's workers spin between ops and that would count as CPU time. The server process's
+threads share one GIL, so their sum per token bounds how many tokens a second it can stream,
+whatever the GPU's speed; the core's, in a process of its own, bounds its steps.
 `--profile DIR` records the server's threads with py-spy during the last round (a speedscope JSON).
 """
 
@@ -39,6 +42,16 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended between the listing and the read
     return times
+
+
+def engine_core_pid(server_pid: int) -> int | None:
+    """The engine core's process: the server's spawned child that is not multiprocessing's resource tracker."""
+    for task in os.listdir(f"/proc/{server_pid}/task"):
+        for child in Path(f"/proc/{server_pid}/task/{task}/children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"multiprocessing" in command and b"resource_tracker" not in command:
+                return int(child)
+    return None
 
 
 def question(k: int) -> str:
@@ -78,32 +91,37 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="record the server with py-spy during the last round")
+    parser.add_argument("--engine-thread", action="store_true", help="the server's engine on a thread of its own")
     args = parser.parse_args()
 
     model = bench_checkpoint(TinyShape())
-    server = ServerProcess(model, "--max-num-seqs", str(args.chats), env={"OMP_NUM_THREADS": "1"})
+    flags = ["--max-num-seqs", str(args.chats), *(["--engine-thread"] if args.engine_thread else [])]
+    server = ServerProcess(model, *flags, env={"OMP_NUM_THREADS": "1"})
     try:
         pid = server.process.pid
+        core = engine_core_pid(pid)
         asyncio.run(drive(server.url, args.chats, args.output_tokens))  # warm-up, not counted
-        print(f"{machine()}: {args.chats} chats x {args.output_tokens} tokens, tiny model, server pid {pid}")
+        where = f"engine core pid {core}" if core is not None else "engine on a thread"
+        print(f"{machine()}: {args.chats} chats x {args.output_tokens} tokens, tiny model, server pid {pid}, {where}")
         seconds = 0.0
         for round_ in range(args.rounds):
             recorder = None
             if args.profile and round_ == args.rounds - 1:
                 recorder = record_profile(server, args.profile, max(seconds, 1.0))
-            before = thread_cpu_ns(pid)
+            before, core_before = thread_cpu_ns(pid), thread_cpu_ns(core) if core is not None else {}
             started = time.perf_counter()
             tokens = asyncio.run(drive(server.url, args.chats, args.output_tokens))
             seconds = time.perf_counter() - started
             if recorder is not None:
                 recorder.wait()
-            after = thread_cpu_ns(pid)
+            after, core_after = thread_cpu_ns(pid), thread_cpu_ns(core) if core is not None else {}
             spent = {tid: after[tid] - before.get(tid, 0) for tid in after}
             loop_us = spent.get(pid, 0) / tokens / 1000
             rest_us = sum(v for tid, v in spent.items() if tid != pid) / tokens / 1000
+            core_us = sum(core_after[tid] - core_before.get(tid, 0) for tid in core_after) / tokens / 1000
             print(
-                f"{tokens} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tok/s); server CPU per token: "
-                f"event loop {loop_us:.1f} us, other threads {rest_us:.1f} us"
+                f"{tokens} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tok/s); CPU per token: "
+                f"event loop {loop_us:.1f} us, other server threads {rest_us:.1f} us, engine core {core_us:.1f} us"
             )
     finally:
         server.stop()

@@ -69,6 +69,7 @@ class AddRequest:
 @dataclass(frozen=True)
 class AbortRequest:
     request_id: str
+    index: int | None = None  # one completion (a stop string ended it); None: all of them
 
 
 @dataclass(frozen=True)

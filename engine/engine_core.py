@@ -1,6 +1,6 @@
 """The engine core's loop in a process of its own: messages in, steps, outputs out.
 
-The process holds nothing but the engine, so its Python (scheduling, sampling, detokenizing)
+The process holds nothing but the engine, so its Python (scheduling, sampling)
 never waits for the server's GIL. Between steps it takes every message waiting on its pipe;
 with nothing to run it sleeps on the pipe. The server's end closing (its process gone) ends the
 loop. Grammars compile on a thread of their own, as they do beside the engine thread in the
@@ -114,7 +114,7 @@ class EngineCore:
             else:
                 self.pipe.send(Added(message.request_id, None))
         elif isinstance(message, AbortRequest):
-            self.engine.abort_request(message.request_id)
+            self.engine.abort_request(message.request_id, message.index)
         elif isinstance(message, CompileGrammar):
             compiling = self.grammar_pool.submit(self.engine.compile_grammar, message.params)
             compiling.add_done_callback(lambda done, ticket=message.ticket: self._compiled(ticket, done))

@@ -1,11 +1,14 @@
 """The engine core in a process of its own, behind `AsyncEngine`'s interface.
 
-The server's process keeps HTTP, preprocessing and the SSE streams; the core process
-(engine/engine_core.py) keeps the model, the KV cache and the step loop, so neither's Python
-waits for the other's GIL. Two threads here talk to it over one pipe: one sends requests and
-aborts as they come (pickling a request's tiles off the event loop), one reads each step's
-outputs and hands them to the requests' streams. A request is admitted once the core has
-taken it, so a request it refuses fails before its response starts, as on the engine thread.
+The server's process keeps HTTP, preprocessing, the outputs' text and the SSE streams; the core
+process (engine/engine_core.py) keeps the model, the KV cache and the step loop, so neither's
+Python waits for the other's GIL. The core sends token ids; the `OutputProcessor` here makes their
+text, and where a stop string ends a completion it tells the core to stop it.
+
+Two threads here talk to the core over one pipe: one sends requests and aborts as they come
+(pickling a request's tiles off the event loop), one reads each step's outputs, makes their text
+and hands them to the requests' streams. A request is admitted once the core has taken it, so a
+request it refuses fails before its response starts, as on the engine thread.
 
 If the core exits (a crash, a device that failed, the OOM killer), every open stream and waiting
 call gets `EngineDeadError` and `wait_until_dead` returns, as when the engine thread dies.
@@ -38,6 +41,7 @@ from engine.core_messages import (
 from engine.engine_core import Pipe, run_core
 from engine.inputs import PromptInputs
 from engine.llm_engine import LLMEngine
+from engine.output_processor import OutputProcessor
 from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -46,8 +50,15 @@ log = logging.getLogger(__name__)
 
 
 class EngineProcess:
-    def __init__(self, build: Callable[[], LLMEngine], log_level: str = "info", log_format: str = "%(message)s"):
-        """`build` is pickled to the new process (spawned, not forked: torch's threads do not survive a fork)."""
+    def __init__(
+        self,
+        build: Callable[[], LLMEngine],
+        text: OutputProcessor,
+        log_level: str = "info",
+        log_format: str = "%(message)s",
+    ) -> None:
+        """`build` is pickled to the new process (spawned, not forked: torch's threads do not survive a
+        fork); the engine it builds sends token ids only (`detokenize=False`), whose text `text` makes."""
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe(duplex=True)
         self._process = context.Process(
@@ -57,6 +68,7 @@ class EngineProcess:
         self._pipe = Pipe(self._conn)
         self._outbox: queue.Queue[object] = queue.Queue()
         self._streams = OutputStreams()
+        self._text = text
         self._lock = threading.Lock()  # the waiting adds and compiles, against the engine's death
         self._adds: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._compiles: dict[int, concurrent.futures.Future] = {}
@@ -146,6 +158,7 @@ class EngineProcess:
                 self._streams.close(request_id)
                 raise EngineDeadError("the engine is not running")
             self._adds[request_id] = (stream.loop, added)
+        self._text.add(request_id, params)
         self._outbox.put(AddRequest(request_id, prompt, params))
         try:
             error = await added
@@ -154,12 +167,14 @@ class EngineProcess:
             raise
         if error is not None:
             self._streams.close(request_id)
+            self._text.remove(request_id)
             raise error
         async for output in read(stream, params.n, lambda: self.abort(request_id)):
             yield output
 
     def abort(self, request_id: str) -> None:
         self._streams.close(request_id)
+        self._text.remove(request_id)
         self._outbox.put(AbortRequest(request_id))
 
     def _send_loop(self) -> None:
@@ -189,7 +204,10 @@ class EngineProcess:
         """Act on one message from the core; the error that ends it, when the core died."""
         if isinstance(message, StepOutputs):
             self._stats = message.stats
-            self._streams.deliver(message.outputs)
+            processed = self._text.process(message.outputs)
+            for request_id, index in processed.stopped:
+                self._outbox.put(AbortRequest(request_id, index))
+            self._streams.deliver(processed.outputs)
         elif isinstance(message, Added):
             with self._lock:
                 loop, added = self._adds.pop(message.request_id)

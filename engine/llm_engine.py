@@ -11,10 +11,11 @@ import torch
 
 from engine.block_pool import BlockPool
 from engine.cuda_graphs import DecodeGraphs
-from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
+from engine.detokenizer import TokenDecoder
 from engine.inputs import PromptInputs
 from engine.kv_pool import kv_pool_gib
 from engine.model_runner import ModelRunner, StepLogits
+from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.request import Request
 from engine.sampler import sample
@@ -155,10 +156,15 @@ class TokenizerInfo:
 
 
 class LLMEngine:
-    def __init__(self, model: MonoInternVL, tokens: TokenizerInfo, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model: MonoInternVL, tokens: TokenizerInfo, config: EngineConfig | None = None, detokenize: bool = True
+    ) -> None:
+        """`detokenize`: outputs carry their text, and stop strings end completions; without it only
+        token ids, for a caller that makes the text itself (a server's side of an engine process)."""
         self.config = config or EngineConfig()
         self.model = model
         self.tokens = tokens
+        self.text = OutputProcessor(tokens.decoder, tokens.stop_token_ids) if detokenize else None
         llm = model.config.llm
         block_size = self.config.block_size
         num_blocks = self.config.num_kv_blocks or max(
@@ -218,9 +224,7 @@ class LLMEngine:
         self.compile_grammar(params)
         if params.max_tokens is None:  # as vLLM: the rest of the context
             params = replace(params, max_tokens=self.max_model_len - prompt.num_tokens)
-        stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else frozenset(self.tokens.stop_token_ids)
-        )
+        stop_ids = params.stop_ids(self.tokens.stop_token_ids)
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -231,28 +235,44 @@ class LLMEngine:
                 prompt=prompt,
                 params=params,
                 stop_token_ids=stop_ids,
-                detokenizer=IncrementalDetokenizer(self.tokens.decoder, params.stop, params.skip_special_tokens),
                 generator=generator,
                 grammar=self._matcher(params),
             )
             self.requests[request.key] = request
             self.scheduler.add(request)
+        if self.text is not None:
+            self.text.add(request_id, params)
 
     def _matcher(self, params: SamplingParams) -> xgrammar.GrammarMatcher | None:
         if params.structured_output is None or self.grammars is None:
             return None
         return self.grammars.matcher(params.structured_output)  # compiled by compile_grammar
 
-    def abort_request(self, request_id: str) -> None:
-        for request in [r for key, r in self.requests.items() if key[0] == request_id]:
-            request.finish("abort")
-            self._retire(request)
+    def abort_request(self, request_id: str, index: int | None = None) -> None:
+        """Stop the request's completions (or only completion `index`) and free their blocks; they
+        send no further output."""
+        for key, request in list(self.requests.items()):
+            if key[0] == request_id and index in (None, key[1]):
+                request.finish("abort")
+                self._retire(request)
+        if self.text is not None and index is None:
+            self.text.remove(request_id)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> list[RequestOutput]:
+        """Run one step; each scheduled completion's output, with its text when this engine makes it."""
+        outputs = self._step()
+        if self.text is None:
+            return outputs
+        processed = self.text.process(outputs)
+        for request_id, index in processed.stopped:  # a stop string ended it
+            self.abort_request(request_id, index)
+        return processed.outputs
+
+    def _step(self) -> list[RequestOutput]:
         started = time.perf_counter()
         chunks = self.scheduler.schedule()
         outputs = []
@@ -316,24 +336,21 @@ class LLMEngine:
         except GrammarError as error:  # a grammar with no way on (its mask allowed no token)
             log.warning("request %s: %s", request.request_id, error)
             return self._fail(request, "the output constraint allows no further token")
-        except Exception:  # detokenizing one request's token must not stop the others
+        except Exception:  # one request's bookkeeping must not stop the others
             log.exception("request %s failed after sampling token %d", request.request_id, token)
-            return self._fail(request, "internal error while detokenizing the output")
+            return self._fail(request, "internal error after sampling the next token")
 
     def _check_finished(self, request: Request, token: int) -> None:
+        """Finish on a stop token, a finished grammar or the length; stop strings are the text's
+        (engine/output_processor.py)."""
         grammar = request.grammar
         if grammar is not None and not grammar.accept_token(token):
             raise GrammarError(f"the grammar refused token {token}: its mask allowed none")
-        # A stop token ends the text and is not part of it (as vLLM), special or not.
-        stop_token = token in request.stop_token_ids
-        stop_string = None if stop_token else request.detokenizer.append(token)
         done = grammar is not None and grammar.is_terminated()  # with ignore_eos too: nothing may follow
-        if stop_token or stop_string is not None or done:
+        if token in request.stop_token_ids or done:
             request.finish("stop")
         elif request.num_output_tokens >= request.params.max_tokens or request.num_tokens >= self.max_model_len:
             request.finish("length")
-        if request.is_finished and stop_string is None:
-            request.detokenizer.flush()
 
     def _output(self, request: Request) -> RequestOutput:
         first = request.num_emitted_tokens == 0
@@ -344,7 +361,7 @@ class LLMEngine:
             request_id=request.request_id,
             index=request.index,
             new_token_ids=new_ids,
-            new_text=request.detokenizer.take_delta(request.is_finished),
+            new_text="",
             new_logprobs=logprobs,
             finished=request.is_finished,
             finish_reason=request.finish_reason,
@@ -355,7 +372,9 @@ class LLMEngine:
             prompt_logprobs=(request.prompt_logprobs or [None] * request.num_prompt_tokens)
             if first and request.wants_prompt_logprobs
             else None,
-            timings=request.timings() if request.is_finished else None,
+            # With the first output too: where a stop string finishes the completion, its text's
+            # side knows only what came before.
+            timings=request.timings() if request.is_finished or first else None,
         )
         if request.is_finished:
             self._retire(request)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.detokenizer import IncrementalDetokenizer
 from engine.inputs import PromptInputs
 from engine.outputs import RequestTimings, TokenLogprob
 from engine.sampling_params import SamplingParams
@@ -31,7 +30,6 @@ class Request:
     prompt: PromptInputs
     params: SamplingParams
     stop_token_ids: frozenset[int]
-    detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None = None
     grammar: xgrammar.GrammarMatcher | None = None  # where the output is constrained, its matcher
     arrival_time: float = field(default_factory=time.monotonic)

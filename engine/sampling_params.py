@@ -71,3 +71,8 @@ class SamplingParams:
     @property
     def top_k_limit(self) -> int:
         return self.top_k if self.top_k > 0 else 0
+
+    def stop_ids(self, default: tuple[int, ...]) -> frozenset[int]:
+        """The token ids that end a completion: `stop_token_ids`, and the model's `default` (its
+        template's and generation_config's) unless `ignore_eos`."""
+        return frozenset(self.stop_token_ids) | (frozenset() if self.ignore_eos else frozenset(default))

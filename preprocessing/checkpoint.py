@@ -58,8 +58,10 @@ def load_checkpoint(model: str | None, dtype: str, device: str, fast_path: str =
     return LoadedCheckpoint(directory, loaded, Preprocessor(directory, loaded.config))
 
 
-def build_engine(directory: Path, dtype: str, device: str, fast_path: str, config: EngineConfig) -> LLMEngine:
+def build_engine(
+    directory: Path, dtype: str, device: str, fast_path: str, config: EngineConfig, detokenize: bool = True
+) -> LLMEngine:
     """The engine over the checkpoint in `directory`: what `monovl serve` builds where its engine runs
     (a module-level function, so that it can be sent to an engine process)."""
     loaded = load_checkpoint(str(directory), dtype, device, fast_path)
-    return LLMEngine(loaded.model, loaded.tokens, config)
+    return LLMEngine(loaded.model, loaded.tokens, config, detokenize)

@@ -15,6 +15,7 @@ import torch
 from engine.async_engine import AsyncEngine
 from engine.engine_process import EngineProcess
 from engine.llm_engine import EngineConfig
+from engine.output_processor import OutputProcessor
 from engine.settings import add_arguments, from_arguments
 from model.config import ModelConfig
 from preprocessing.checkpoint import build_engine, checkpoint_directory
@@ -68,8 +69,10 @@ def build_state(args: argparse.Namespace) -> ServerState:
     # Built where it runs: in its process, or on the engine thread (engine/async_engine.py says why).
     config = from_arguments(EngineConfig, args)
     build = partial(build_engine, directory, args.dtype, args.device, args.fast_path, config)
-    if args.engine_process:
-        engine = EngineProcess(build, args.log_level, LOG_FORMAT)
+    preprocessor = Preprocessor(directory, ModelConfig.load(directory))
+    if args.engine_process:  # the text is made here, off the core's step loop
+        text = OutputProcessor(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids))
+        engine = EngineProcess(partial(build, detokenize=False), text, args.log_level, LOG_FORMAT)
         torch.set_num_threads(1)  # this process's torch work is small; the cores' parallel work is the engine's
     else:
         engine = AsyncEngine(build)
@@ -91,7 +94,6 @@ def build_state(args: argparse.Namespace) -> ServerState:
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     fetch_pool = PreprocessPool(settings.remote_fetch_workers, "monovl-fetch") if remote is not None else None
     drain = Drain(args.graceful_timeout)
-    preprocessor = Preprocessor(directory, ModelConfig.load(directory))
     return ServerState(
         settings, preprocessor, engine, pool, metrics, info.limits.max_model_len, remote, fetch_pool, drain
     )

@@ -23,6 +23,15 @@ class Completion:
     error: str | None = None
 
 
+class FakeDecoder:
+    """Each id is one byte of UTF-8; a partial character decodes to U+FFFD, as sentencepiece does."""
+
+    special_ids = frozenset({0})
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(i for i in ids if i not in self.special_ids).decode("utf-8", errors="replace")
+
+
 def run(engine: LLMEngine, arrivals: dict[int, list[tuple[str, PromptInputs, SamplingParams]]], max_steps=5000):
     """Add requests at the given step numbers, step until all finish; completions by (id, index)."""
     results: dict[tuple[str, int], Completion] = defaultdict(Completion)

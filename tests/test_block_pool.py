@@ -9,7 +9,7 @@ SEED = b"rope"
 
 
 def request(tokens: list[int], name: str = "r") -> Request:
-    return Request(name, 0, PromptInputs("", tokens, [], []), SamplingParams(), frozenset(), None)
+    return Request(name, 0, PromptInputs("", tokens, [], []), SamplingParams(), frozenset())
 
 
 def computed(pool: BlockPool, tokens: list[int], name: str) -> list[bytes]:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -13,18 +14,24 @@ import pytest
 
 from engine.engine_process import EngineProcess
 from engine.llm_engine import EngineConfig, RequestError
+from engine.output_processor import OutputProcessor
 from engine.output_streams import EngineDeadError
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutput
+from model.config import ModelConfig
 from model.loader import CheckpointError
 from preprocessing.checkpoint import build_engine
-from tests.engine_helpers import mixed_workload
+from preprocessing.processor import Preprocessor
+from tests.engine_helpers import FakeDecoder, mixed_workload, run
 
 CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
 
 
 def start(directory, config: EngineConfig = CONFIG) -> EngineProcess:
-    engine = EngineProcess(partial(build_engine, directory, "float32", "cpu", "auto", config))
+    """As `monovl serve` starts one: the core sends token ids, the text is made on this side."""
+    pre = Preprocessor(directory, ModelConfig.load(directory))
+    text = OutputProcessor(pre.tokenizer, tuple(pre.stop_token_ids))
+    engine = EngineProcess(partial(build_engine, directory, "float32", "cpu", "auto", config, detokenize=False), text)
     engine.start()
     return engine
 
@@ -47,12 +54,16 @@ async def collect(engine, request_id, prompt, params):
     return tokens, text
 
 
-async def free_blocks_return(engine: EngineProcess, expected: int) -> bool:
+async def until(condition) -> bool:
     for _ in range(200):
-        if engine.stats().num_free_blocks == expected:
+        if condition():
             return True
         await asyncio.sleep(0.01)
     return False
+
+
+async def free_blocks_return(engine: EngineProcess, expected: int) -> bool:
+    return await until(lambda: engine.stats().num_free_blocks == expected)
 
 
 def test_streams_carry_the_tokens_and_text_of_the_engine_in_this_process(engine_process, tiny_dir, preprocessor):
@@ -71,6 +82,43 @@ def test_streams_carry_the_tokens_and_text_of_the_engine_in_this_process(engine_
                 expected += out.new_token_ids
                 expected_text += out.new_text
         assert tokens == {0: expected} and text == expected_text
+
+
+def test_a_stop_string_ends_its_completion_here_and_in_the_core_while_the_other_goes_on(
+    engine_process, tiny_dir, preprocessor
+):
+    _, prompt, _ = mixed_workload(preprocessor)[0]
+    loaded = build_engine(tiny_dir, "float32", "cpu", "auto", EngineConfig(num_kv_blocks=512))
+    for seed in range(20):  # seeded completions, so the core samples what this engine does
+        params = SamplingParams(n=2, temperature=1.0, seed=seed, max_tokens=200, ignore_eos=True)
+        free = run(loaded, {0: [("free", prompt, params)]})
+        first, other = free[("free", 0)].text, free[("free", 1)].text
+        stop = first[20:23]
+        if len(first) > 40 and first.find(stop) == 20 and stop not in other:
+            break
+    params = replace(params, stop=(stop,))
+    expected = run(loaded, {0: [("stopped", prompt, params)]})
+    assert expected[("stopped", 0)].text == first[:20] and expected[("stopped", 1)].text == other
+
+    async def main():
+        outputs, alone_after = [], None  # completion 1's tokens when the core was seen running it alone
+        async for output in engine_process.generate("stopped", prompt, params):
+            outputs.append(output)
+            stopped = any(o.index == 0 and o.finished for o in outputs)
+            if stopped and alone_after is None and engine_process.stats().running == 1:
+                alone_after = sum(len(o.new_token_ids) for o in outputs if o.index == 1)
+        return outputs, alone_after, await free_blocks_return(engine_process, 1024)
+
+    outputs, alone_after, freed = asyncio.run(main())
+    assert alone_after is not None and alone_after < 100  # not stopped, completion 0 would run to 200 too
+    for index in (0, 1):
+        mine = [o for o in outputs if o.index == index]
+        want = expected[("stopped", index)]
+        assert "".join(o.new_text for o in mine) == want.text
+        assert [t for o in mine for t in o.new_token_ids] == want.token_ids
+        assert [o.finish_reason for o in mine if o.finished] == [want.finish_reason]
+    assert expected[("stopped", 0)].finish_reason == "stop" and expected[("stopped", 1)].finish_reason == "length"
+    assert freed and len(engine_process._text) == 0  # the core stopped completion 0 and forgot both
 
 
 def test_leaving_a_stream_aborts_it_in_the_core_and_frees_its_blocks(engine_process, preprocessor):
@@ -122,7 +170,8 @@ def test_grammars_compile_in_the_core_and_a_bad_one_is_a_request_error(engine_pr
 
 
 def test_a_build_error_raises_in_start(tmp_path):
-    engine = EngineProcess(partial(build_engine, tmp_path / "missing", "float32", "cpu", "auto", CONFIG))
+    text = OutputProcessor(FakeDecoder(), ())
+    engine = EngineProcess(partial(build_engine, tmp_path / "missing", "float32", "cpu", "auto", CONFIG), text)
     with pytest.raises(CheckpointError):
         engine.start()
     assert not engine.is_running
@@ -160,8 +209,11 @@ from functools import partial
 from pathlib import Path
 from engine.engine_process import EngineProcess
 from engine.llm_engine import EngineConfig
+from engine.output_processor import OutputProcessor
 from preprocessing.checkpoint import build_engine
-engine = EngineProcess(partial(build_engine, sys.argv[1], "float32", "cpu", "auto", EngineConfig(num_kv_blocks=64)))
+from tests.engine_helpers import FakeDecoder
+build = partial(build_engine, sys.argv[1], "float32", "cpu", "auto", EngineConfig(num_kv_blocks=64), detokenize=False)
+engine = EngineProcess(build, OutputProcessor(FakeDecoder(), ()))
 engine.start()
 print(engine._process.pid, flush=True)
 os._exit(0)  # as if killed: no atexit, nothing stops the core but its pipe's other end closing

@@ -201,7 +201,7 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
     for name in ("good", "bad"):
         prompt = preprocessor.process([ChatMessage.text("user", "Hi!")], [])
         engine.add_request(name, prompt, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
-    poisoned = engine.requests[("bad", 0)].detokenizer
+    poisoned = engine.text.detokenizer("bad")
     real = IncrementalDetokenizer.append
 
     def append(self, token):
@@ -339,7 +339,7 @@ def test_a_fault_while_building_one_request_s_output_fails_that_request_only(tin
     alone = run(_engine(tiny_model, preprocessor), {0: [("good", prompt, params)]})[("good", 0)].token_ids
     real = IncrementalDetokenizer.take_delta
     engine.add_request("bad", prompt, params)
-    poisoned = engine.requests[("bad", 0)].detokenizer
+    poisoned = engine.text.detokenizer("bad")
 
     def take_delta(self, finished):
         if self is poisoned and len(self.ids) >= 2:

@@ -8,11 +8,12 @@ from engine.inputs import PromptInputs
 from engine.request import Request
 from engine.sampler import apply_penalties, sample, top_k_top_p_min_p
 from engine.sampling_params import SamplingParams, SamplingParamsError
+from tests.engine_helpers import FakeDecoder
 
 
 def request(params: SamplingParams, prompt=(1, 5, 6), outputs=(), seed=None) -> Request:
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    r = Request("r", 0, PromptInputs("", list(prompt), [], []), params, frozenset(), None, generator)
+    r = Request("r", 0, PromptInputs("", list(prompt), [], []), params, frozenset(), generator=generator)
     r.token_ids += list(outputs)
     return r
 
@@ -90,15 +91,6 @@ def test_out_of_range_parameters_name_the_parameter(field, value):
     with pytest.raises(SamplingParamsError) as error:
         SamplingParams(**{field: value})
     assert error.value.param == field
-
-
-class FakeDecoder:
-    """Each id is one byte of UTF-8; a partial character decodes to U+FFFD, as sentencepiece does."""
-
-    special_ids = frozenset({0})
-
-    def decode(self, ids, skip_special_tokens=True):
-        return bytes(i for i in ids if i not in self.special_ids).decode("utf-8", errors="replace")
 
 
 def feed(detok: IncrementalDetokenizer, text: str) -> tuple[list[str], str | None]:

@@ -130,7 +130,7 @@ def plain_request(name: str, tokens: list[int]):
     from engine.inputs import PromptInputs
     from engine.request import Request
 
-    return Request(name, 0, PromptInputs("", tokens, [], []), GREEDY, frozenset(), None)
+    return Request(name, 0, PromptInputs("", tokens, [], []), GREEDY, frozenset())
 
 
 def run_step(chunks) -> None:
