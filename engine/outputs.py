@@ -36,4 +36,6 @@ class RequestOutput:
     error: str | None = None
     # With the first output of completion 0 when asked for: one entry a prompt token, None for the first.
     prompt_logprobs: list[TokenLogprob | None] | None = None
-    timings: RequestTimings | None = None  # with the last output
+    # With the last output; an engine built with detokenize=False sends them with the first too, for
+    # the OutputProcessor that may finish the completion on a stop string.
+    timings: RequestTimings | None = None
