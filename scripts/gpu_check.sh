@@ -28,6 +28,9 @@ python3 -m benchmarks.engine_bench "${shape[@]}" --dtype float32 --requests 16 -
     --max-num-batched-tokens 8192 2>&1 | tee "$out/engine_bench_fp32.log"
 # The serving benchmark over HTTP on the real shape, against one request at a time. Its checkpoint
 # keeps the tokenizer's vocabulary: the client times text chunks, and a random model with the padded
-# 92,553-row head mostly samples ids past the tokenizer, which have no text. Last: the slowest part.
+# 92,553-row head mostly samples ids past the tokenizer, which have no text.
 python3 -m benchmarks.serve_bench "${shape[@]}" --vocab 0 --requests 64 --concurrency 1 64 --output-tokens 128 \
     --out "$out/serve_bench" 2>&1 | tee "$out/serve_bench.log"
+# The server against its engine alone, same chats, 1 and 64 streams (within 10% of it is the aim).
+python3 -m benchmarks.http_tax --hidden 2048 --layers 24 --heads 16 --kv-heads 8 --intermediate 8192 --vocab 0 \
+    --streams 1 64 --output-tokens 128 --rounds 3 --max-num-batched-tokens 8192 2>&1 | tee "$out/http_tax.log"
