@@ -60,15 +60,25 @@ class ServerProcess:
         samples = [line for line in text.splitlines() if line.startswith(name + "{") and label in line]
         return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
 
+    def processes(self) -> list[int]:
+        """The server's process and its children (the engine core's process among them)."""
+        pid = self.process.pid
+        children = [int(c) for task in os.listdir(f"/proc/{pid}/task") for c in _children(pid, task)]
+        return [pid, *children]
+
     def resident_mib(self, peak: bool = False) -> float:
-        """The server's resident memory now, or its peak since `reset_peak`."""
+        """The resident memory of the server and its children now, or the sum of their peaks since `reset_peak`."""
         key = "VmHWM:" if peak else "VmRSS:"
-        with open(f"/proc/{self.process.pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
+        total = 0
+        for pid in self.processes():
+            with open(f"/proc/{pid}/status") as status:
+                total += next(int(line.split()[1]) for line in status if line.startswith(key))
+        return total / 1024
 
     def reset_peak(self) -> None:
-        with open(f"/proc/{self.process.pid}/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current RSS
+        for pid in self.processes():
+            with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets VmHWM to the current RSS
 
     def output(self) -> str:
         self.log.seek(0)
@@ -95,3 +105,10 @@ def record_profile(server: ServerProcess, out: Path, seconds: float) -> subproce
     command += ["--format", "speedscope"]
     command += ["--duration", str(int(seconds) + 1), "--output", str(out / "server.speedscope.json")]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def _children(pid: int, task: str) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+    except FileNotFoundError:  # a thread that ended
+        return []

@@ -44,13 +44,12 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return times
 
 
-def engine_core_pid(server_pid: int) -> int | None:
+def engine_core_pid(server: ServerProcess) -> int | None:
     """The engine core's process: the server's spawned child that is not multiprocessing's resource tracker."""
-    for task in os.listdir(f"/proc/{server_pid}/task"):
-        for child in Path(f"/proc/{server_pid}/task/{task}/children").read_text().split():
-            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-            if b"multiprocessing" in command and b"resource_tracker" not in command:
-                return int(child)
+    for child in server.processes()[1:]:
+        command = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"multiprocessing" in command and b"resource_tracker" not in command:
+            return child
     return None
 
 
@@ -99,7 +98,7 @@ def main() -> None:
     server = ServerProcess(model, *flags, env={"OMP_NUM_THREADS": "1"})
     try:
         pid = server.process.pid
-        core = engine_core_pid(pid)
+        core = engine_core_pid(server)
         asyncio.run(drive(server.url, args.chats, args.output_tokens))  # warm-up, not counted
         where = f"engine core pid {core}" if core is not None else "engine on a thread"
         print(f"{machine()}: {args.chats} chats x {args.output_tokens} tokens, tiny model, server pid {pid}, {where}")

@@ -32,6 +32,7 @@ from engine.core_messages import (
     Shutdown,
     StepOutputs,
 )
+from engine.heap import TRIM_INTERVAL_S, HeapTrimmer
 from engine.llm_engine import LLMEngine, RequestError
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,14 @@ class EngineCore:
         self.engine = engine
         self.pipe = pipe
         self.grammar_pool = ThreadPoolExecutor(1, thread_name_prefix="monovl-grammar")
+        self.heap = HeapTrimmer()  # a request's tiles and their pickled copy are freed here
 
     def run(self) -> None:
         try:
             while self._take_messages():
                 if self.engine.has_unfinished():
                     self.pipe.send(StepOutputs(self.engine.step(), EngineStats.of(self.engine)))
+                self.heap.trim_if_due()
         except (EOFError, OSError):  # the server's end closed: nobody is left to serve
             log.warning("the server's end of the engine pipe closed; the engine process exits")
         except BaseException as error:
@@ -93,7 +96,13 @@ class EngineCore:
         """Handle every waiting message; with no request to step, wait for one. False: shut down."""
         conn = self.pipe.conn
         took = False
-        while conn.poll(None if not self.engine.has_unfinished() and not took else 0):
+        while True:
+            idle = not self.engine.has_unfinished() and not took
+            if not conn.poll(TRIM_INTERVAL_S if idle else 0):
+                if not idle:
+                    break
+                self.heap.trim_if_due()  # what the last requests freed goes back while nothing runs
+                continue
             message = self.pipe.recv()
             if isinstance(message, Shutdown):
                 return False

@@ -6,27 +6,20 @@ threshold that grows with the largest block freed so far. It makes up to eight a
 one for each thread that contends for one (the event loop, the engine, the preprocessing and
 resize workers, OpenMP's), each keeping its own peaks: a server that has seen images of many
 sizes holds more and more. So the server runs with two arenas, and `malloc_trim(0)` every few
-seconds returns every free page of each (microseconds when there is little to return). Where the
-C library has neither call (musl, macOS) this does nothing.
+seconds returns every free page of each (microseconds when there is little to return); the engine
+core's process trims its own between steps (engine/heap.py). Where the C library has neither
+call (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-from collections.abc import Callable
 
-TRIM_INTERVAL_S = 5.0
+from engine.heap import TRIM_INTERVAL_S, libc_function
+
 ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
-
-
-def _libc_function(name: str) -> Callable[..., int] | None:
-    try:
-        return getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):
-        return None
 
 
 def limit_arenas(arenas: int = ARENAS) -> None:
@@ -36,13 +29,13 @@ def limit_arenas(arenas: int = ARENAS) -> None:
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     os.environ["MALLOC_ARENA_MAX"] = str(arenas)
-    mallopt = _libc_function("mallopt")
+    mallopt = libc_function("mallopt")
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, arenas)
 
 
 async def trim_now_and_then(interval: float = TRIM_INTERVAL_S) -> None:
-    trim = _libc_function("malloc_trim")
+    trim = libc_function("malloc_trim")
     if trim is None:
         return
     while True:

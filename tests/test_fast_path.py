@@ -70,10 +70,10 @@ from tests.conftest import png_bytes
 from tests.engine_helpers import greedy_tokens
 
 result = {}
-for fast in ("none", "silu", "norm,rotary,silu,experts"):
+for fast in ("none", "norm,rotary,silu,experts"):
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu", fast)
     pre = loaded.preprocessor
-    image = pre.load_image(png_bytes(700, 300, seed=5), max_tiles=2)
+    image = pre.load_image(png_bytes(700, 300, seed=5), max_tiles=1)
     prompts = [
         pre.process([ChatMessage.text("user", "Tell me a story.")], []),
         pre.process([ChatMessage("user", (ImagePart(0), TextPart("What is it?")))], [image]),
@@ -96,7 +96,7 @@ def test_engine_with_every_fast_kernel_gives_the_plain_tokens(tiny_dir):
     # Chunks of 64 tokens mix the image's rows with text rows, so the grouped GEMM sees both experts.
     pytest.importorskip("triton")
     result = json.loads(run_interpreted(ENGINE_FAST_VS_PLAIN, str(tiny_dir)))
-    assert result["norm,rotary,silu,experts"] == result["silu"] == result["none"]
+    assert result["norm,rotary,silu,experts"] == result["none"]
     assert all(len(t) == 6 for t in result["none"].values())
 
 

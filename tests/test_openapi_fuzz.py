@@ -53,9 +53,11 @@ def test_no_generated_request_gets_a_5xx(server):
     for operation in operations:
         has_body = operation.method.upper() == "POST"  # only a body can be made invalid here
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)[: 1 + has_body]:
+            # Fewer valid requests than invalid ones: a valid chat runs the model, an invalid one is a quick 400.
+            examples = 100 if mode is GenerationMode.NEGATIVE else 50
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+            @settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
             def no_server_error(case):
                 response = case.call(timeout=30)
                 key = (case.operation.label, response.status_code)
