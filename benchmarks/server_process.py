@@ -68,12 +68,15 @@ class ServerProcess:
 
     def resident_mib(self, peak: bool = False) -> float:
         """The resident memory of the server and its children now, or the sum of their peaks since `reset_peak`."""
+        return sum(self.resident_mib_by_process(peak).values())
+
+    def resident_mib_by_process(self, peak: bool = False) -> dict[int, float]:
         key = "VmHWM:" if peak else "VmRSS:"
-        total = 0
+        resident = {}
         for pid in self.processes():
             with open(f"/proc/{pid}/status") as status:
-                total += next(int(line.split()[1]) for line in status if line.startswith(key))
-        return total / 1024
+                resident[pid] = next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
+        return resident
 
     def reset_peak(self) -> None:
         for pid in self.processes():

@@ -276,6 +276,23 @@ def dead_device_phase(checkpoint: Path, work: Path, streams: int = 4) -> dict:
                                   "exit_status": status, "exited_after_s": round(took, 2)})  # fmt: skip
 
 
+def _by_process(server: ServerProcess, resident: dict[int, float]) -> dict[str, float]:
+    """MiB by process: the server's, and its children's by what they run (the engine core,
+    multiprocessing's resource tracker)."""
+    named = {}
+    for pid, mib in resident.items():
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        name = (
+            "server"
+            if pid == server.process.pid
+            else "resource tracker"
+            if b"resource_tracker" in command
+            else "engine core"
+        )
+        named[name] = round(named.get(name, 0.0) + mib, 1)
+    return named
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hostile", type=int, default=500)
@@ -296,8 +313,8 @@ def main() -> None:
             chat(server, {"messages": USER, "max_tokens": 8})
             image_chats(server, 3, first_seed=1000)
             time.sleep(TRIM_WAIT_S)
-            warm = server.resident_mib()
-            report("warm_up", {"rss_mib": round(warm, 1)})
+            warm, warm_each = server.resident_mib(), server.resident_mib_by_process()
+            report("warm_up", {"rss_mib": round(warm, 1), "by_process": _by_process(server, warm_each)})
             hostile_phase(server, args.hostile)
             bodies_phase(server)
             leavers_phase(server, args.leavers)
@@ -305,9 +322,10 @@ def main() -> None:
             stream_phase(server, args.streams, args.rounds)
             served = image_chats(server, 40, first_seed=0)
             time.sleep(TRIM_WAIT_S)
-            after = server.resident_mib()
+            after, after_each = server.resident_mib(), server.resident_mib_by_process()
+            growth = f"{after / warm - 1:+.1%}"
             report("memory", {"image_chats_served": served, "warm_mib": round(warm, 1), "after_mib": round(after, 1),
-                              "growth": f"{after / warm - 1:+.1%}"})  # fmt: skip
+                              "growth": growth, "by_process": _by_process(server, after_each)})  # fmt: skip
         finally:
             server.stop()
         hidden, layers = args.fair_hidden, args.fair_layers
