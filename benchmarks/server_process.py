@@ -66,6 +66,16 @@ class ServerProcess:
         children = [int(c) for task in os.listdir(f"/proc/{pid}/task") for c in _children(pid, task)]
         return [pid, *children]
 
+    def process_name(self, pid: int) -> str:
+        """ "server", "engine core" or "resource tracker" (multiprocessing's), for one of `processes()`."""
+        if pid == self.process.pid:
+            return "server"
+        return "resource tracker" if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes() else "engine core"
+
+    def engine_core_pid(self) -> int | None:
+        """The engine core's process; None with `--engine-thread`."""
+        return next((pid for pid in self.processes() if self.process_name(pid) == "engine core"), None)
+
     def resident_mib(self, peak: bool = False) -> float:
         """The resident memory of the server and its children now, or the sum of their peaks since `reset_peak`."""
         return sum(self.resident_mib_by_process(peak).values())

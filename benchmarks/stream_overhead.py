@@ -44,15 +44,6 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return times
 
 
-def engine_core_pid(server: ServerProcess) -> int | None:
-    """The engine core's process: the server's spawned child that is not multiprocessing's resource tracker."""
-    for child in server.processes()[1:]:
-        command = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"multiprocessing" in command and b"resource_tracker" not in command:
-            return child
-    return None
-
-
 def question(k: int) -> str:
     return f"Question {k}: explain continuous batching."
 
@@ -98,7 +89,7 @@ def main() -> None:
     server = ServerProcess(model, *flags, env={"OMP_NUM_THREADS": "1"})
     try:
         pid = server.process.pid
-        core = engine_core_pid(server)
+        core = server.engine_core_pid()
         asyncio.run(drive(server.url, args.chats, args.output_tokens))  # warm-up, not counted
         where = f"engine core pid {core}" if core is not None else "engine on a thread"
         print(f"{machine()}: {args.chats} chats x {args.output_tokens} tokens, tiny model, server pid {pid}, {where}")

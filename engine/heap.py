@@ -3,8 +3,8 @@
 glibc's malloc keeps what was freed (request bodies, decoded images, tiles, their pickled copies
 on the engine pipe) in its arenas and returns pages only from the top of a heap, so a process
 that has seen many large requests holds more and more. `malloc_trim(0)` returns every free page
-of each arena, in microseconds when there is little to return. Where the C library has no such
-call (musl, macOS) trimming does nothing.
+of each arena (`benchmarks/heap_trim.py` times it). Where the C library has no such call (musl,
+macOS) trimming does nothing.
 """
 
 from __future__ import annotations

@@ -67,10 +67,10 @@ class OutputProcessor:
 
     def process(self, outputs: list[RequestOutput]) -> Processed:
         processed = Processed([])
-        for output in outputs:
-            key = (output.request_id, output.index)
-            with self._lock:
-                completion = self._completions.get(key)
+        with self._lock:
+            found = [(output, self._completions.get((output.request_id, output.index))) for output in outputs]
+        done = []
+        for output, completion in found:
             if completion is None:  # finished here already, or its request was removed
                 continue
             try:
@@ -78,12 +78,15 @@ class OutputProcessor:
             except Exception:  # one completion's text must not stop the others
                 log.exception("request %s failed while detokenizing its output", output.request_id)
                 text, stopped = _failed(output), True
+            key = (output.request_id, output.index)
             if text.finished:
-                with self._lock:
-                    self._completions.pop(key, None)
+                done.append(key)
             if stopped and not output.finished:
                 processed.stopped.append(key)
             processed.outputs.append(text)
+        with self._lock:
+            for key in done:
+                self._completions.pop(key, None)
         return processed
 
     def _text(self, completion: _Completion, output: RequestOutput) -> tuple[RequestOutput, bool]:

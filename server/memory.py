@@ -6,7 +6,7 @@ threshold that grows with the largest block freed so far. It makes up to eight a
 one for each thread that contends for one (the event loop, the engine, the preprocessing and
 resize workers, OpenMP's), each keeping its own peaks: a server that has seen images of many
 sizes holds more and more. So the server runs with two arenas, and `malloc_trim(0)` every few
-seconds returns every free page of each (microseconds when there is little to return); the engine
+seconds returns every free page of each (`benchmarks/heap_trim.py` times it); the engine
 core's process trims its own between steps (engine/heap.py). Where the C library has neither
 call (musl, macOS) this does nothing.
 """

@@ -277,20 +277,8 @@ def dead_device_phase(checkpoint: Path, work: Path, streams: int = 4) -> dict:
 
 
 def _by_process(server: ServerProcess, resident: dict[int, float]) -> dict[str, float]:
-    """MiB by process: the server's, and its children's by what they run (the engine core,
-    multiprocessing's resource tracker)."""
-    named = {}
-    for pid, mib in resident.items():
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        name = (
-            "server"
-            if pid == server.process.pid
-            else "resource tracker"
-            if b"resource_tracker" in command
-            else "engine core"
-        )
-        named[name] = round(named.get(name, 0.0) + mib, 1)
-    return named
+    """MiB by what each process runs."""
+    return {server.process_name(pid): round(mib, 1) for pid, mib in resident.items()}
 
 
 def main() -> None:
