@@ -19,17 +19,16 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from benchmarks.engine_bench import machine
-from model.paged_attention import blocked_causal_gqa, gather_context, one_query_gqa
+from model.paged_attention import blocked_causal_gqa, gather_context, lower_right_causal_mask, one_query_gqa
 
 BLOCK, KV_HEADS, HEADS, HEAD_DIM = 16, 8, 16, 64
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     n, seq_len = q.shape[0], k.shape[0]
-    mask = causal_lower_right(n, seq_len) if 1 < n < seq_len else None
+    mask = lower_right_causal_mask(n, seq_len, q.device) if 1 < n < seq_len else None
     args = (q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
     options = {"attn_mask": mask, "is_causal": n > 1 and mask is None, "enable_gqa": True}
     return F.scaled_dot_product_attention(*args, **options)[0].transpose(0, 1)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from model.config import ModelConfig
 from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
@@ -93,7 +94,7 @@ def load_model(
     (`FastPath.parse`: auto, none, or kernel names)."""
     config = ModelConfig.load(checkpoint_dir)
     fast = FastPath.parse(fast_path, device, dtype)
-    with torch.device("meta"):
+    with torch.device("meta"), _without_random_init():
         model = MonoInternVL(config, fast)
     expected = {name: p.shape for name, p in model.state_dict().items()}
     with ExitStack() as stack:
@@ -107,6 +108,26 @@ def load_model(
     model.eval().requires_grad_(False)
     model.lay_out_weights()
     return model
+
+
+@contextmanager
+def _without_random_init() -> Iterator[None]:
+    """Module constructors skip torch.nn.init's random fills while the model is built. The checkpoint
+    replaces every value anyway, and on the meta device those fills run as Python decompositions that
+    import torch._dynamo, which takes seconds of every loading process's start. nn.init is patched
+    only while the model is built, at start, before the threads that serve."""
+    fills = {name: getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")}
+    for name in fills:
+        setattr(nn.init, name, _unchanged)
+    try:
+        yield
+    finally:
+        for name, fill in fills.items():
+            setattr(nn.init, name, fill)
+
+
+def _unchanged(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return tensor
 
 
 def _check_names_and_shapes(expected: dict[str, torch.Size], found: dict[str, torch.Size]) -> None:

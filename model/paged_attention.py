@@ -22,7 +22,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from model.fast_path import triton_runs_on
 from model.forward_batch import DecodeKernel, ForwardBatch
@@ -113,6 +112,19 @@ def blocked_causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return out.transpose(0, 1).reshape(n, heads, d)
 
 
+def lower_right_causal_mask(n: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """What a chunk of the last n of seq_len tokens sees: query i the keys up to seq_len - n + i.
+
+    On CUDA a CausalBias, which flash attention runs as its own lower-right causal mask (nothing
+    materialized); elsewhere the boolean mask that CausalBias would materialize. torch.nn.attention.bias
+    imports torch._dynamo, which takes seconds, so only a CUDA process pays for it."""
+    if device.type == "cuda":
+        from torch.nn.attention.bias import causal_lower_right
+
+        return causal_lower_right(n, seq_len)
+    return torch.ones(n, seq_len, dtype=torch.bool, device=device).tril(seq_len - n)
+
+
 def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     # q: [n, heads, d] (the last n of the context); k, v: [L, kv_heads, d] -> [n, heads, d]
     n, seq_len = q.shape[0], k.shape[0]
@@ -120,12 +132,7 @@ def causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
         # torch's CPU flash attention in bfloat16 is slower than two GEMMs, for one query and for a
         # prefill chunk after long context (benchmarks/attention_cpu.py); in float32 it is the faster.
         return one_query_gqa(q, k, v) if n == 1 else blocked_causal_gqa(q, k, v)
-    mask = None
-    if 1 < n < seq_len:
-        # A chunk after cached context: query i sees keys up to seq_len - n + i. As a CausalBias, CUDA
-        # runs it as flash attention's own lower-right causal mask (nothing materialized); the CPU
-        # builds the boolean mask.
-        mask = causal_lower_right(n, seq_len)
+    mask = lower_right_causal_mask(n, seq_len, q.device) if 1 < n < seq_len else None
     args = (q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
     options = {"attn_mask": mask, "is_causal": n > 1 and mask is None, "enable_gqa": True}
     if q.is_cuda:

@@ -101,3 +101,33 @@ def test_hub_id_resolves_from_the_hf_cache_offline(tiny_dir, tmp_path):
 def test_hub_id_missing_offline_is_a_clear_error(tmp_path):
     result = run_resolve("OpenGVLab/Mono-InternVL-2B", tmp_path)
     assert result.returncode != 0 and "not in the Hugging Face cache" in result.stderr
+
+
+LOAD_AND_STEP = """
+import sys
+from torch import nn
+import server.app
+from engine.llm_engine import EngineConfig, LLMEngine
+from engine.sampling_params import SamplingParams
+from preprocessing.chat_template import ChatMessage
+from preprocessing.checkpoint import load_checkpoint
+
+fills = {name: getattr(nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_")}
+loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
+assert all(getattr(nn.init, name) is fill for name, fill in fills.items()), "nn.init left patched"
+engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=64, max_num_batched_tokens=16))
+for words in ("hi", "a longer question than one chunk holds, so a chunk attends after context"):
+    prompt = loaded.preprocessor.process([ChatMessage.text("user", words)], [])
+    engine.add_request(words, prompt, SamplingParams(max_tokens=3))
+while engine.has_unfinished():
+    engine.step()
+print("torch._dynamo" in sys.modules)
+"""
+
+
+def test_serving_on_the_cpu_never_imports_torch_dynamo(tiny_dir):
+    # torch._dynamo takes seconds to import: the server's front end and a CPU engine core (building
+    # the model, prefill chunks after context, decode) start without it.
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_STEP, str(tiny_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
