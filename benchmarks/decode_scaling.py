@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from benchmarks.engine_bench import MID_SIZE, machine
+from benchmarks.profiling import timing
 from benchmarks.roofline import read_bandwidth
 from benchmarks.stream_overhead import question
 from engine.llm_engine import EngineConfig, LLMEngine
@@ -54,25 +53,6 @@ class StepCost:
     @property
     def rest(self) -> float:
         return self.wall - self.linears - self.attention
-
-
-@contextmanager
-def timing(owner: object, name: str, totals: dict[str, float], part: str) -> Iterator[None]:
-    """Add the time spent in `owner.name` to totals[part] while in this block."""
-    original = getattr(owner, name)
-
-    def timed(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            totals[part] += time.perf_counter() - started
-
-    setattr(owner, name, timed)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 def measure(loaded, rows: int, steps: int) -> StepCost:

@@ -16,6 +16,7 @@ import time
 import torch
 
 from benchmarks.engine_bench import machine, workload
+from benchmarks.profiling import timing
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampler import sample
 from engine.step_layout import lay_out
@@ -55,22 +56,13 @@ def main() -> None:
     layout = mean_ms(lambda: runner.build_batch(chunks, lay_out(chunks, runner.block_size, runner.img_context_id)))
     sampling = mean_ms(lambda: sample(logits, requests))
 
-    forward_seconds = 0.0
-    model_forward = engine.runner.model.forward
-
-    def timed_forward(*args, **kwargs):
-        nonlocal forward_seconds
+    totals = {"forward": 0.0}
+    with timing(engine.runner.model, "forward", totals, "forward"):
         begun = time.perf_counter()
-        result = model_forward(*args, **kwargs)
-        forward_seconds += time.perf_counter() - begun
-        return result
-
-    engine.runner.model.forward = timed_forward
-    begun = time.perf_counter()
-    for _ in range(args.steps):
-        engine.step()
-    step = (time.perf_counter() - begun) / args.steps * 1000
-    forward = forward_seconds / args.steps * 1000
+        for _ in range(args.steps):
+            engine.step()
+        step = (time.perf_counter() - begun) / args.steps * 1000
+    forward = totals["forward"] / args.steps * 1000
 
     width = max(len(request.block_table) for request in requests)
     print(f"machine: {machine()}")

@@ -114,8 +114,9 @@ def load_model(
 def _without_random_init() -> Iterator[None]:
     """Module constructors skip torch.nn.init's random fills while the model is built. The checkpoint
     replaces every value anyway, and on the meta device those fills run as Python decompositions that
-    import torch._dynamo, which takes seconds of every loading process's start. nn.init is patched
-    only while the model is built, at start, before the threads that serve."""
+    import torch._dynamo, a long import at every loading process's start (docs/performance.md,
+    Start-up). nn.init is patched only while the model is built, at start, before the threads
+    that serve."""
     fills = {name: getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")}
     for name in fills:
         setattr(nn.init, name, _unchanged)

@@ -117,7 +117,8 @@ def lower_right_causal_mask(n: int, seq_len: int, device: torch.device) -> torch
 
     On CUDA a CausalBias, which flash attention runs as its own lower-right causal mask (nothing
     materialized); elsewhere the boolean mask that CausalBias would materialize. torch.nn.attention.bias
-    imports torch._dynamo, which takes seconds, so only a CUDA process pays for it."""
+    imports torch._dynamo, a long import (docs/performance.md, Start-up), so only a CUDA process
+    pays for it."""
     if device.type == "cuda":
         from torch.nn.attention.bias import causal_lower_right
 

@@ -126,8 +126,8 @@ print("torch._dynamo" in sys.modules)
 
 
 def test_serving_on_the_cpu_never_imports_torch_dynamo(tiny_dir):
-    # torch._dynamo takes seconds to import: the server's front end and a CPU engine core (building
-    # the model, prefill chunks after context, decode) start without it.
+    # torch._dynamo is a long import (docs/performance.md, Start-up): the server's front end and a
+    # CPU engine core (building the model, prefill chunks after context, decode) start without it.
     done = subprocess.run([sys.executable, "-c", LOAD_AND_STEP, str(tiny_dir)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
