@@ -66,9 +66,12 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return EngineStats.of(self.engine)  # a few reads of ints; a step in flight may be half counted
 
-    def compile_grammar(self, params: SamplingParams) -> None:
-        """Compile the request's grammar on the calling thread (the engine finds it cached); blocks."""
-        self.engine.compile_grammar(params)
+    async def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's grammar on the engine's grammar compiler (the engine finds it
+        cached); RequestError if it cannot be. The caller sets the deadline."""
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running")
+        await asyncio.wrap_future(self.engine.compile_grammar(params))
 
     async def wait_until_dead(self) -> BaseException:
         """Return the error that stopped the engine loop, once it has (the server exits on it)."""
@@ -146,7 +149,7 @@ class AsyncEngine:
         try:
             while not self._stopping:
                 self._drain_commands()
-                if not self.engine.has_unfinished():
+                if not self.engine.has_unfinished():  # with only grammars compiling, a step waits for them
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
@@ -157,6 +160,8 @@ class AsyncEngine:
             self._streams.fail_all(EngineDeadError(str(error)))
             for loop, died in self._death_watchers:
                 call_soon(loop, resolve, died, error)
+        finally:
+            self.engine.close()
 
     def _drain_commands(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.grammar_probe import PROBE_START_TIMEOUT_S
 from engine.inputs import PromptInputs
 from engine.llm_engine import LLMEngine, RequestLimits
 from engine.outputs import RequestOutput
@@ -27,6 +28,9 @@ class EngineInfo:
     decode_attention: str  # "triton" or "torch"
     fast_path: str
     max_graph_batch: int | None  # the largest decode batch a CUDA graph serves; None: no graphs
+    # How long the server waits for a grammar: the queue and the probe are each cut at the compile
+    # time limit, the engine's own compile of a spec that passed the probe takes about as long.
+    grammar_wait_s: float
 
     @classmethod
     def of(cls, engine: LLMEngine) -> EngineInfo:
@@ -40,6 +44,7 @@ class EngineInfo:
             decode_attention="triton" if runner.decode_kernel is not None else "torch",
             fast_path=str(engine.model.fast),
             max_graph_batch=runner.graphs.sizes[-1] if runner.graphs is not None else None,
+            grammar_wait_s=3 * engine.config.grammar_compile_timeout + PROBE_START_TIMEOUT_S,
         )
 
 

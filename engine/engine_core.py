@@ -3,8 +3,8 @@
 The process holds nothing but the engine, so its Python (scheduling, sampling)
 never waits for the server's GIL. Between steps it takes every message waiting on its pipe;
 with nothing to run it sleeps on the pipe. The server's end closing (its process gone) ends the
-loop. Grammars compile on a thread of their own, as they do beside the engine thread in the
-server's process. Signals are the server's to handle: it drains, then sends `Shutdown`.
+loop. Grammars compile on the engine's grammar compiler (engine/grammar_compiler.py), which answers
+here when done. Signals are the server's to handle: it drains, then sends `Shutdown`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pickle
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
 from engine.core_messages import (
@@ -73,14 +73,15 @@ class EngineCore:
     def __init__(self, engine: LLMEngine, pipe: Pipe) -> None:
         self.engine = engine
         self.pipe = pipe
-        self.grammar_pool = ThreadPoolExecutor(1, thread_name_prefix="monovl-grammar")
         self.heap = HeapTrimmer()  # a request's tiles and their pickled copy are freed here
 
     def run(self) -> None:
         try:
             while self._take_messages():
                 if self.engine.has_unfinished():
-                    self.pipe.send(StepOutputs(self.engine.step(), EngineStats.of(self.engine)))
+                    outputs = self.engine.step()  # waits a moment when only grammars are compiling
+                    if outputs or self.engine.has_runnable():
+                        self.pipe.send(StepOutputs(outputs, EngineStats.of(self.engine)))
                 self.heap.trim_if_due()
         except (EOFError, OSError):  # the server's end closed: nobody is left to serve
             log.warning("the server's end of the engine pipe closed; the engine process exits")
@@ -90,7 +91,7 @@ class EngineCore:
                 self.pipe.send(CoreDied(_picklable(error)))
             raise
         finally:
-            self.grammar_pool.shutdown(wait=False, cancel_futures=True)
+            self.engine.close()
 
     def _take_messages(self) -> bool:
         """Handle every waiting message; with no request to step, wait for one. False: shut down."""
@@ -125,14 +126,16 @@ class EngineCore:
         elif isinstance(message, AbortRequest):
             self.engine.abort_request(message.request_id, message.index)
         elif isinstance(message, CompileGrammar):
-            compiling = self.grammar_pool.submit(self.engine.compile_grammar, message.params)
+            compiling = self.engine.compile_grammar(message.params)
             compiling.add_done_callback(lambda done, ticket=message.ticket: self._compiled(ticket, done))
         else:
             log.error("the engine got a message it does not know: %r", type(message).__name__)
 
     def _compiled(self, ticket: int, done: Future) -> None:
-        error = None if done.cancelled() else done.exception()
-        self.pipe.send(Compiled(ticket, _picklable(error) if error is not None else None))
+        """Answer a compile (on the compiler's thread); after shutdown nobody is listening."""
+        error = done.exception()
+        with contextlib.suppress(OSError):
+            self.pipe.send(Compiled(ticket, _picklable(error) if error is not None else None))
 
 
 def _picklable(error: BaseException) -> BaseException:

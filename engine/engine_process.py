@@ -17,7 +17,6 @@ call gets `EngineDeadError` and `wait_until_dead` returns, as when the engine th
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import logging
 import multiprocessing
@@ -71,7 +70,7 @@ class EngineProcess:
         self._text = text
         self._lock = threading.Lock()  # the waiting adds and compiles, against the engine's death
         self._adds: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
-        self._compiles: dict[int, concurrent.futures.Future] = {}
+        self._compiles: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._tickets = itertools.count()
         self._stopping = False
         self.info: EngineInfo | None = None  # set by start()
@@ -104,7 +103,10 @@ class EngineProcess:
         return self.info
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        self._stopping = True
+        """Stop the core (killed if it does not stop within `timeout`); every waiting caller is answered."""
+        with self._lock:
+            self._stopping = True
+        self._fail_waiting(EngineDeadError("the engine is shutting down"))
         self._outbox.put(Shutdown())
         receiving = self._threads[1]
         if receiving.is_alive():  # it ends when the core closes its end; only then is the process reaped here
@@ -124,18 +126,24 @@ class EngineProcess:
     def stats(self) -> EngineStats:
         return self._stats  # as of the core's last step
 
-    def compile_grammar(self, params: SamplingParams) -> None:
-        """Compile the request's grammar in the core (which keeps it for the request); blocks until it has."""
+    async def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's grammar in the core (which keeps it for the request); RequestError if
+        it cannot be, EngineDeadError if the core stops first. The caller sets the deadline."""
         if params.structured_output is None:
             return
-        done: concurrent.futures.Future = concurrent.futures.Future()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
         with self._lock:
-            if self.error is not None:
+            if self.error is not None or self._stopping:
                 raise EngineDeadError("the engine is not running")
             ticket = next(self._tickets)
-            self._compiles[ticket] = done
+            self._compiles[ticket] = (loop, done)
         self._outbox.put(CompileGrammar(ticket, params))
-        error = done.result()
+        try:
+            error = await done
+        finally:
+            with self._lock:
+                self._compiles.pop(ticket, None)
         if error is not None:
             raise error
 
@@ -214,8 +222,9 @@ class EngineProcess:
             call_soon(loop, resolve, added, message.error)
         elif isinstance(message, Compiled):
             with self._lock:
-                done = self._compiles.pop(message.ticket)
-            done.set_result(message.error)
+                waiting = self._compiles.pop(message.ticket, None)
+            if waiting is not None:  # None: its caller gave up
+                call_soon(waiting[0], resolve, waiting[1], message.error)
         elif isinstance(message, CoreDied):
             return message.error
         return None
@@ -224,16 +233,17 @@ class EngineProcess:
         """Every waiting caller gets EngineDeadError; the watchers get what stopped the core."""
         with self._lock:
             self.error = error
-            adds, self._adds = list(self._adds.values()), {}
-            compiles, self._compiles = list(self._compiles.values()), {}
-        dead = error if isinstance(error, EngineDeadError) else EngineDeadError(str(error))
-        self._streams.fail_all(dead)
-        for loop, added in adds:
-            call_soon(loop, resolve, added, dead)
-        for done in compiles:
-            done.set_result(dead)
+        self._fail_waiting(error if isinstance(error, EngineDeadError) else EngineDeadError(str(error)))
         for loop, died in self._death_watchers:
             call_soon(loop, resolve, died, error)
+
+    def _fail_waiting(self, dead: EngineDeadError) -> None:
+        with self._lock:
+            waiting = [*self._adds.values(), *self._compiles.values()]
+            self._adds, self._compiles = {}, {}
+        self._streams.fail_all(dead)
+        for loop, future in waiting:
+            call_soon(loop, resolve, future, dead)
 
     def _exit_status(self) -> str:
         code = self._process.exitcode

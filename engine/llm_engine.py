@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import torch
 from engine.block_pool import BlockPool
 from engine.cuda_graphs import DecodeGraphs
 from engine.detokenizer import TokenDecoder
+from engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
 from engine.inputs import PromptInputs
 from engine.kv_pool import kv_pool_gib
 from engine.model_runner import ModelRunner, StepLogits
@@ -22,7 +24,7 @@ from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
 from engine.settings import setting
-from engine.structured_output import GrammarBatch, GrammarError, Grammars, Vocabulary
+from engine.structured_output import GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
 from engine.vision_cache import VisionCache
 from model.forward_batch import KVCache
 from model.mono_internvl import MonoInternVL
@@ -77,6 +79,13 @@ class EngineConfig:
         True, "no CUDA graphs: run every decode step eagerly (as vLLM's flag)", flag="--enforce-eager", negate=True
     )
     cuda_graph_max_len: int = 8192  # longest context a captured decode step serves
+    grammar_compile_timeout: float = setting(
+        5.0,
+        "seconds a structured output's grammar may take to compile; a slower schema is refused as too complex "
+        "(400), and a compile that cannot start within it as busy (503)",
+    )
+    grammar_compile_workers: int = setting(1, "grammars compiled at once, each first tried in a process of its own")
+    grammar_cache_memory: float = setting(0.5, "GiB of compiled grammars kept for reuse (least recently used dropped)")
     json_any_whitespace: bool = setting(
         False,
         "structured JSON outputs may put any whitespace between tokens (vLLM's default); without it, only the "
@@ -99,6 +108,22 @@ class RequestError(ValueError):
 
     def __reduce__(self) -> tuple:  # it crosses to the server from an engine process
         return (RequestError, (self.param, str(self), self.code))
+
+
+# Codes of refusals that say the server is busy or stopping, not that the request is wrong (503).
+UNAVAILABLE = ("grammar_compiler_busy", "engine_shutting_down")
+_GRAMMAR_POLL_S = 0.01  # how long a step with nothing to run waits for a grammar
+
+
+def grammar_refusal(error: BaseException) -> RequestError:
+    """A grammar compile's failure as the request's error."""
+    if isinstance(error, GrammarError):
+        return RequestError("response_format", str(error), error.code)
+    if isinstance(error, CompilerBusy):
+        return RequestError("response_format", str(error), "grammar_compiler_busy")
+    if isinstance(error, CompilerClosed):
+        return RequestError(None, str(error), "engine_shutting_down")
+    return RequestError("response_format", f"cannot compile the constraint: {error}", "invalid_grammar")
 
 
 def check_context(max_model_len: int, num_prompt_tokens: int, max_tokens: int | None) -> None:
@@ -198,8 +223,19 @@ class LLMEngine:
             )
         self.runner = ModelRunner(model, self.kv_cache, tokens.img_context_id, vision_cache, decode_kernel, graphs)
         self.grammars = self._grammars()
+        self.grammar_compiler = None
+        if self.grammars is not None:
+            timeout, workers = self.config.grammar_compile_timeout, self.config.grammar_compile_workers
+            self.grammar_compiler = GrammarCompiler(self.grammars, timeout, workers)
         self.grammar_batch = GrammarBatch()
         self.requests: dict[tuple[str, int], Request] = {}
+        # Requests whose grammar is compiling: they reach the scheduler when it is ready.
+        self.awaiting_grammar: dict[str, tuple[Future, PromptInputs, SamplingParams]] = {}
+
+    def close(self) -> None:
+        """Stop compiling grammars (a compile in flight is abandoned); the engine takes no more of them."""
+        if self.grammar_compiler is not None:
+            self.grammar_compiler.shutdown()
 
     # ------------------------------------------------------------------ requests in
     @property
@@ -207,23 +243,53 @@ class LLMEngine:
         """What a request must fit; fixed once the engine is built."""
         return RequestLimits(self.max_model_len, self.model.config.llm.vocab_size, self.grammars is not None)
 
-    def compile_grammar(self, params: SamplingParams) -> None:
-        """Compile (or find cached) the request's grammar; RequestError if it cannot be. Thread-safe:
-        the server calls it on a worker thread, so the engine thread finds it compiled."""
-        if params.structured_output is None or self.grammars is None:
-            return
-        try:
-            self.grammars.compile(params.structured_output)
-        except GrammarError as e:
-            raise RequestError("response_format", str(e), "invalid_grammar") from None
+    def compile_grammar(self, params: SamplingParams) -> Future[None]:
+        """The request's grammar compiled (or found cached) off the calling thread, within the
+        compile time limit; the future's error is a RequestError. Thread-safe."""
+        answer: Future[None] = Future()
+        if params.structured_output is None or self.grammar_compiler is None:
+            answer.set_result(None)
+            return answer
+
+        def answered(compiling: Future) -> None:
+            error = compiling.exception()
+            if error is None:
+                answer.set_result(None)
+            else:
+                answer.set_exception(grammar_refusal(error))
+
+        self.grammar_compiler.submit(params.structured_output).add_done_callback(answered)
+        return answer
 
     def add_request(self, request_id: str, prompt: PromptInputs, params: SamplingParams) -> None:
-        if any(key[0] == request_id for key in self.requests):
+        """Take a request; one whose grammar is not compiled yet waits for it outside the scheduler."""
+        if request_id in self.awaiting_grammar or any(key[0] == request_id for key in self.requests):
             raise RequestError(None, f"request id {request_id!r} is already running")
         self.limits.check(prompt.num_tokens, params)
-        self.compile_grammar(params)
         if params.max_tokens is None:  # as vLLM: the rest of the context
             params = replace(params, max_tokens=self.max_model_len - prompt.num_tokens)
+        compiled = None
+        if params.structured_output is not None and self.grammar_compiler is not None:
+            compiling = self.grammar_compiler.submit(params.structured_output)
+            if not compiling.done():
+                self.awaiting_grammar[request_id] = (compiling, prompt, params)
+                if self.text is not None:
+                    self.text.add(request_id, params)
+                return
+            if compiling.exception() is not None:
+                raise grammar_refusal(compiling.exception())
+            compiled = compiling.result()
+        self._admit(request_id, prompt, params, compiled)
+        if self.text is not None:
+            self.text.add(request_id, params)
+
+    def _admit(
+        self,
+        request_id: str,
+        prompt: PromptInputs,
+        params: SamplingParams,
+        compiled: xgrammar.CompiledGrammar | None,
+    ) -> None:
         stop_ids = params.stop_ids(self.tokens.stop_token_ids)
         for index in range(params.n):
             generator = None
@@ -236,17 +302,30 @@ class LLMEngine:
                 params=params,
                 stop_token_ids=stop_ids,
                 generator=generator,
-                grammar=self._matcher(params),
+                grammar=new_matcher(compiled) if compiled is not None else None,
             )
             self.requests[request.key] = request
             self.scheduler.add(request)
-        if self.text is not None:
-            self.text.add(request_id, params)
 
-    def _matcher(self, params: SamplingParams) -> xgrammar.GrammarMatcher | None:
-        if params.structured_output is None or self.grammars is None:
-            return None
-        return self.grammars.matcher(params.structured_output)  # compiled by compile_grammar
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Admit the requests whose grammar is ready; those whose grammar failed finish with its error.
+        With nothing else to run, wait a moment for one."""
+        if not self.awaiting_grammar:
+            return []
+        if not self.requests:
+            wait([entry[0] for entry in self.awaiting_grammar.values()], _GRAMMAR_POLL_S, FIRST_COMPLETED)
+        outputs = []
+        for request_id, (compiling, prompt, params) in list(self.awaiting_grammar.items()):
+            if not compiling.done():
+                continue
+            del self.awaiting_grammar[request_id]
+            error = compiling.exception()
+            if error is None:
+                self._admit(request_id, prompt, params, compiling.result())
+                continue
+            message = str(grammar_refusal(error))
+            outputs += [_refused(request_id, index, prompt.num_tokens, message) for index in range(params.n)]
+        return outputs
 
     def abort_request(self, request_id: str, index: int | None = None) -> None:
         """Stop the request's completions (or only completion `index`) and free their blocks; they
@@ -255,10 +334,16 @@ class LLMEngine:
             if key[0] == request_id and index in (None, key[1]):
                 request.finish("abort")
                 self._retire(request)
+        if index is None:
+            self.awaiting_grammar.pop(request_id, None)
         if self.text is not None and index is None:
             self.text.remove(request_id)
 
     def has_unfinished(self) -> bool:
+        return bool(self.requests or self.awaiting_grammar)
+
+    def has_runnable(self) -> bool:
+        """Whether a step has requests to run (not only grammars to wait for)."""
         return bool(self.requests)
 
     # ------------------------------------------------------------------ one step
@@ -274,8 +359,8 @@ class LLMEngine:
 
     def _step(self) -> list[RequestOutput]:
         started = time.perf_counter()
+        outputs = self._admit_compiled()
         chunks = self.scheduler.schedule()
-        outputs = []
         for request in self.scheduler.unschedulable:
             request.finish("length")  # the whole KV pool cannot hold its context
             outputs.append(self._output(request))
@@ -439,7 +524,8 @@ class LLMEngine:
         vocab = self.model.config.llm.vocab_size  # the logits' width: rows past the tokenizer get no text
         pieces = (*self.tokens.pieces[:vocab], *[""] * (vocab - len(self.tokens.pieces)))
         vocabulary = Vocabulary(pieces, tuple(self.tokens.stop_token_ids))
-        return Grammars(vocabulary, any_whitespace=self.config.json_any_whitespace)
+        cache_bytes = int(self.config.grammar_cache_memory * 2**30)
+        return Grammars(vocabulary, any_whitespace=self.config.json_any_whitespace, cache_bytes=cache_bytes)
 
     def _long_prefill_token_threshold(self) -> int:
         budget = self.config.batched_tokens(self.model.device)
@@ -460,3 +546,20 @@ class LLMEngine:
     @property
     def num_free_blocks(self) -> int:
         return self.block_pool.num_free
+
+
+def _refused(request_id: str, index: int, num_prompt_tokens: int, error: str) -> RequestOutput:
+    """The output of a completion that never ran: its grammar did not compile."""
+    return RequestOutput(
+        request_id=request_id,
+        index=index,
+        new_token_ids=[],
+        new_text="",
+        new_logprobs=[],
+        finished=True,
+        finish_reason="error",
+        num_prompt_tokens=num_prompt_tokens,
+        num_output_tokens=0,
+        num_cached_tokens=0,
+        error=error,
+    )

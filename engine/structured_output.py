@@ -1,10 +1,9 @@
 """Structured outputs: a grammar per request, compiled once, that masks the tokens it cannot take.
 
 xgrammar (vLLM's default backend) compiles JSON schemas, regexes, EBNF grammars and choices against
-the checkpoint's vocabulary. Compiling happens on the server's worker threads before a request
-reaches the engine (an uncompilable spec is the client's 400) and is cached by spec; the engine
-thread only makes a matcher per completion, fills the batch's token bitmask and advances each
-matcher by the token sampled.
+the checkpoint's vocabulary. Compiling happens off the engine's step (engine/grammar_compiler.py,
+within a time limit) and is cached by spec, bounded in bytes; the engine only makes a matcher per
+completion, fills the batch's token bitmask and advances each matcher by the token sampled.
 """
 
 from __future__ import annotations
@@ -17,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     import xgrammar
 
 Kind = Literal["json", "json_object", "regex", "choice", "grammar"]
@@ -46,6 +44,14 @@ class StructuredOutput:
 class GrammarError(ValueError):
     """A spec the grammar engine cannot compile; the message says why."""
 
+    code = "invalid_grammar"
+
+
+class GrammarTooComplex(GrammarError):
+    """A spec that did not compile within the time limit."""
+
+    code = "grammar_too_complex"
+
 
 # xgrammar's messages start with a timestamp and its C++ source position.
 _CPP_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")
@@ -61,20 +67,27 @@ class Vocabulary:
 
 
 class Grammars:
-    """Compiled grammars by spec (thread-safe, least recently used dropped) and their matchers."""
+    """Compiled grammars by spec, least recently used dropped past `cache_bytes`, and their matchers.
 
-    def __init__(self, vocabulary: Vocabulary, any_whitespace: bool = False, cache_size: int = 256) -> None:
+    Thread-safe. xgrammar's own cache is off, so this one bounds what compiled grammars hold."""
+
+    def __init__(self, vocabulary: Vocabulary, any_whitespace: bool = False, cache_bytes: int = 512 * 2**20) -> None:
         self.vocabulary = vocabulary
         # Compact JSON by default: free whitespace lets a weak model pad forever inside the grammar.
         self.any_whitespace = any_whitespace
-        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self._compiled: OrderedDict[StructuredOutput, xgrammar.CompiledGrammar] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
         self._compilers: dict[bool, xgrammar.GrammarCompiler] = {}
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocabulary.pieces)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
 
     def compiler(self, json: bool) -> xgrammar.GrammarCompiler:
         """Made on first use: xgrammar takes seconds to import and a vocabulary pass to set up.
@@ -94,19 +107,29 @@ class Grammars:
                     stop_token_ids=list(self.vocabulary.stop_token_ids),
                     add_prefix_space=True,
                 )
-                self._compilers[json] = xgr.GrammarCompiler(info, max_threads=2)
+                self._compilers[json] = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
             return self._compilers[json]
 
-    def compile(self, spec: StructuredOutput) -> xgrammar.CompiledGrammar:
+    def cached(self, spec: StructuredOutput) -> xgrammar.CompiledGrammar | None:
         with self._lock:
-            if spec in self._compiled:
+            compiled = self._compiled.get(spec)
+            if compiled is not None:
                 self._compiled.move_to_end(spec)
-                return self._compiled[spec]
+            return compiled
+
+    def compile(self, spec: StructuredOutput) -> xgrammar.CompiledGrammar:
+        """The cached grammar, or one compiled on the calling thread (GrammarError if it cannot be)."""
+        compiled = self.cached(spec)
+        if compiled is not None:
+            return compiled
         compiled = self._compile(self.compiler(json=spec.kind in ("json", "json_object")), spec)
         with self._lock:
-            self._compiled[spec] = compiled
-            while len(self._compiled) > self.cache_size:
-                self._compiled.popitem(last=False)
+            if spec not in self._compiled:
+                self._compiled[spec] = compiled
+                self._cached_bytes += compiled.memory_size_bytes
+            while self._cached_bytes > self.cache_bytes and self._compiled:
+                _, dropped = self._compiled.popitem(last=False)
+                self._cached_bytes -= dropped.memory_size_bytes
         return compiled
 
     def _compile(self, compiler: xgrammar.GrammarCompiler, spec: StructuredOutput) -> xgrammar.CompiledGrammar:
@@ -132,9 +155,13 @@ class Grammars:
             raise GrammarError(f"cannot compile the {spec.kind} constraint: {message}") from None
 
     def matcher(self, spec: StructuredOutput) -> xgrammar.GrammarMatcher:
-        import xgrammar as xgr
+        return new_matcher(self.compile(spec))
 
-        return xgr.GrammarMatcher(self.compile(spec))
+
+def new_matcher(compiled: xgrammar.CompiledGrammar) -> xgrammar.GrammarMatcher:
+    import xgrammar as xgr
+
+    return xgr.GrammarMatcher(compiled)
 
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

@@ -3,6 +3,7 @@ request as they come, and the tally of tokens and timings that becomes `usage` a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from engine.inputs import PromptInputs
-from engine.llm_engine import RequestError, RequestLimits
+from engine.llm_engine import UNAVAILABLE, RequestError, RequestLimits
 from engine.output_streams import EngineDeadError
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -52,14 +53,28 @@ def check_model(state: ServerState, request: BaseModel) -> None:
 
 
 async def compile_constraint(state: ServerState, params: SamplingParams, constraint: Constraint | None) -> None:
-    """Compile the request's grammar on a worker thread (the engine finds it cached); a 400 naming the
-    field that asked for it when it cannot be compiled."""
+    """Compile the request's grammar in the engine (which finds it cached), holding no thread while it
+    waits: a 400 naming the field that asked for it when it cannot be compiled (or not in time), a 503
+    when the compiler is busy or the engine stops."""
     if constraint is None:
         return
+    deadline = state.engine.info.grammar_wait_s
     try:
-        await state.pool.run(state.engine.compile_grammar, params)
+        await asyncio.wait_for(state.engine.compile_grammar(params), deadline)
     except RequestError as e:
+        if e.code in UNAVAILABLE:
+            raise APIError(503, str(e), "server_error", param=constraint.param, code=e.code) from None
         raise bad_request(str(e), constraint.param, e.code) from None
+    except asyncio.TimeoutError:
+        raise APIError(
+            503,
+            f"the constraint did not compile within {deadline:g} s; the server is busy, try again",
+            "server_error",
+            param=constraint.param,
+            code="grammar_compiler_busy",
+        ) from None
+    except EngineDeadError:
+        raise APIError(503, "the engine stopped", "server_error", code="engine_dead") from None
 
 
 def check(limits: RequestLimits, num_prompt_tokens: int, params: SamplingParams) -> None:

@@ -159,10 +159,10 @@ def test_refusals_cross_back_as_request_errors_and_the_core_goes_on(engine_proce
 
 def test_grammars_compile_in_the_core_and_a_bad_one_is_a_request_error(engine_process, preprocessor):
     good = SamplingParams(structured_output=StructuredOutput.choice(["yes", "no"]), temperature=0)
-    engine_process.compile_grammar(good)
+    asyncio.run(engine_process.compile_grammar(good))
     bad = SamplingParams(structured_output=StructuredOutput.json_schema('{"type": "no-such-type"}'))
     with pytest.raises(RequestError) as refused:
-        engine_process.compile_grammar(bad)
+        asyncio.run(engine_process.compile_grammar(bad))
     assert refused.value.param == "response_format" and refused.value.code == "invalid_grammar"
     _, prompt, _ = mixed_workload(preprocessor)[0]
     _, text = asyncio.run(collect(engine_process, "choice", prompt, good))
