@@ -61,16 +61,24 @@ class ServerProcess:
         return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
 
     def processes(self) -> list[int]:
-        """The server's process and its children (the engine core's process among them)."""
-        pid = self.process.pid
-        children = [int(c) for task in os.listdir(f"/proc/{pid}/task") for c in _children(pid, task)]
-        return [pid, *children]
+        """The server's process and its descendants (the engine core's process and its grammar probe among them)."""
+        found, index = [self.process.pid], 0
+        while index < len(found):
+            pid = found[index]
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(c) for task in os.listdir(f"/proc/{pid}/task") for c in _children(pid, task)]
+            index += 1
+        return found
 
     def process_name(self, pid: int) -> str:
-        """ "server", "engine core" or "resource tracker" (multiprocessing's), for one of `processes()`."""
+        """ "server", "engine core", "grammar probe" or "resource tracker" (multiprocessing's), for one of
+        `processes()`."""
         if pid == self.process.pid:
             return "server"
-        return "resource tracker" if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes() else "engine core"
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"resource_tracker" in command:
+            return "resource tracker"
+        return "grammar probe" if b"engine.grammar_probe" in command else "engine core"
 
     def engine_core_pid(self) -> int | None:
         """The engine core's process; None with `--engine-thread`."""
@@ -84,13 +92,13 @@ class ServerProcess:
         key = "VmHWM:" if peak else "VmRSS:"
         resident = {}
         for pid in self.processes():
-            with open(f"/proc/{pid}/status") as status:
+            with contextlib.suppress(FileNotFoundError, StopIteration), open(f"/proc/{pid}/status") as status:
                 resident[pid] = next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
         return resident
 
     def reset_peak(self) -> None:
         for pid in self.processes():
-            with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")  # resets VmHWM to the current RSS
 
     def output(self) -> str:
