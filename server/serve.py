@@ -20,6 +20,7 @@ from engine.settings import add_arguments, from_arguments
 from model.config import ModelConfig
 from preprocessing.checkpoint import build_engine, checkpoint_directory
 from preprocessing.processor import Preprocessor
+from server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
 from server.drain import Drain
 from server.metrics import PREFIXES, Metrics
 from server.preprocess_pool import PreprocessPool
@@ -54,6 +55,15 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers (408)"
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=MAX_HEADER_BYTES,
+        help="bytes of a request's line and headers together (431 beyond)",
+    )
+    parser.add_argument(
+        "--max-header-count", type=int, default=MAX_HEADER_COUNT, help="header fields one request may carry (431)"
     )
     parser.add_argument(
         "--metrics-prefix",
@@ -100,13 +110,15 @@ def build_state(args: argparse.Namespace) -> ServerState:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening address, taken before the model loads; not listening yet, so connections are
-    refused (not left waiting) until the server accepts them."""
+    """The listening socket, taken before the model loads. Listening at once: with SO_REUSEADDR (a
+    restart must not wait out TIME_WAIT) a bound socket that is not listening yet does not stop
+    another from binding the same port. Connections made while the model loads wait in the backlog."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog
     except OSError as e:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
@@ -159,7 +171,7 @@ def serve(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_timeout,
         access_log=False,
-        http=header_deadline_protocol(args.header_timeout),
+        http=header_deadline_protocol(args.header_timeout, args.max_header_bytes, args.max_header_count),
     )
     server = Server(config, state.engine, state.drain)
     server.run(sockets=[sock])
