@@ -48,6 +48,7 @@ def create_app(state: ServerState) -> FastAPI:
         state.drain.draining = True
         state.engine.shutdown()
         state.pool.shutdown()
+        state.image_pool.shutdown()
         if state.fetch_pool is not None:
             state.fetch_pool.shutdown()
 
@@ -124,13 +125,14 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/tokenize", **openapi.body_docs(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
         body = await _parse_body(request, TokenizeRequest)
-        answer = await race(tokenization.tokenize(state, body), request.receive, state.drain)
+        answer = await _counted(state, lambda: race(tokenization.tokenize(state, body), request.receive, state.drain))
         return JSONResponse(answer.model_dump())
 
     @app.post("/detokenize", **openapi.body_docs(DetokenizeRequest, DetokenizeResponse))
     async def detokenize(request: Request) -> Response:
         body = await _parse_body(request, DetokenizeRequest)
-        return JSONResponse((await tokenization.detokenize(state, body)).model_dump())
+        answer = await _counted(state, lambda: race(tokenization.detokenize(state, body), request.receive, state.drain))
+        return JSONResponse(answer.model_dump())
 
 
 async def _generate(
@@ -141,18 +143,11 @@ async def _generate(
     request_id: str,
 ) -> Response:
     """Admit a generation request, prepare it (racing the client), then answer it whole or as a stream."""
-    if state.drain.draining:
+    try:
+        admit(state)
+    except APIError:
         preparing.close()
-        raise shutting_down()
-    if state.in_flight >= state.settings.max_queue:
-        preparing.close()
-        raise APIError(
-            503,
-            "the server is at capacity; retry later",
-            "server_error",
-            code="overloaded",
-            headers={"Retry-After": "1"},
-        )
+        raise
     state.in_flight += 1
     try:
         # Everything is refused before the response starts, so a stream fails as a plain request does.
@@ -167,6 +162,30 @@ async def _generate(
             return EventStream(result, state.drain, error_event(shutting_down()), ended)
         body = await race(result, request.receive, state.drain)
         return JSONResponse(body.model_dump())
+    finally:
+        state.in_flight -= 1
+
+
+def admit(state: ServerState) -> None:
+    """Refuse new work while draining or with `--max-queue` requests in flight."""
+    if state.drain.draining:
+        raise shutting_down()
+    if state.in_flight >= state.settings.max_queue:
+        raise APIError(
+            503,
+            "the server is at capacity; retry later",
+            "server_error",
+            code="overloaded",
+            headers={"Retry-After": "1"},
+        )
+
+
+async def _counted(state: ServerState, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()` (preprocessing without generating) admitted and counted in flight like a generation."""
+    admit(state)
+    state.in_flight += 1
+    try:
+        return await work()
     finally:
         state.in_flight -= 1
 

@@ -161,13 +161,16 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> Prepare
 async def build_prompt(
     state: ServerState, conversation: Conversation, max_num_tiles: int | None, add_generation_prompt: bool = True
 ) -> PromptInputs:
-    """The conversation's images fetched and decoded, its prompt rendered and tokenized, off the loop."""
+    """The conversation's images fetched and decoded, its prompt rendered and tokenized, off the loop:
+    in the image lane if it has images, else in the text lane, so a text-only chat never waits
+    behind another request's image work."""
     settings = state.settings
     started = time.perf_counter()
     images = [await image_bytes(state, url, param) for url, param in conversation.images]
     pre = state.preprocessor
     limit = settings.max_image_tiles
-    prompt = await state.pool.run(preprocess, pre, conversation, images, max_num_tiles, limit, add_generation_prompt)
+    lane = state.image_pool if images else state.pool
+    prompt = await lane.run(preprocess, pre, conversation, images, max_num_tiles, limit, add_generation_prompt)
     if images:
         state.metrics.image_preprocess_seconds.observe(time.perf_counter() - started)
     return prompt
@@ -175,7 +178,7 @@ async def build_prompt(
 
 async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
     if url.startswith("data:"):  # base64 of megabytes is work: off the event loop too
-        return await state.pool.run(decode_data_url, url, state.settings.max_image_bytes, param)
+        return await state.image_pool.run(decode_data_url, url, state.settings.max_image_bytes, param)
     if not url.lower().startswith(("http://", "https://")):
         raise bad_request("image URLs must be data: URLs (or http(s) when enabled)", param, "invalid_image_url")
     if state.remote_images is None:
@@ -184,7 +187,7 @@ async def image_bytes(state: ServerState, url: str, param: str) -> bytes:
             param,
             "remote_images_disabled",
         )
-    return await (state.fetch_pool or state.pool).run(state.remote_images.fetch, url, param)
+    return await (state.fetch_pool or state.image_pool).run(state.remote_images.fetch, url, param)
 
 
 def wire_logprobs(tokenizer: Tokenizer, logprobs: list[TokenLogprob]) -> ChoiceLogprobs:

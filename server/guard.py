@@ -1,5 +1,8 @@
 """The middleware every HTTP request passes: API key, body limits, request id and access log.
 
+With `--api-key` set every path but `OPEN_PATHS` needs it (`/tokenize` runs the preprocessing, and
+`/openapi.json` and unknown paths answer only those who have it).
+
 The body limit holds however the body comes: a Content-Length over it is refused at once, and a
 body without one (chunked) is counted as it arrives and refused with a 413 the moment it crosses
 the limit, so no more than the limit is ever held. A body that stops arriving for `body_timeout`
@@ -25,6 +28,8 @@ from server.errors import APIError
 from server.state import ServerSettings
 
 log = logging.getLogger("monovl.access")
+# What a load balancer, an orchestrator and a scraper call without the key; every other path needs it.
+OPEN_PATHS = frozenset({"/health", "/metrics", "/version"})
 
 
 class Guard:
@@ -68,7 +73,7 @@ class Guard:
 
     def _rejection(self, scope: Scope, headers: Headers) -> APIError | None:
         settings = self.settings
-        if scope["path"].startswith("/v1") and settings.api_key and scope["method"] != "OPTIONS":
+        if settings.api_key and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
             given = headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), settings.api_key.encode()):

@@ -101,11 +101,12 @@ def build_state(args: argparse.Namespace) -> ServerState:
         lambda: engine.stats().running, lambda: engine.stats().waiting, lambda: engine.stats().kv_cache_usage
     )
     pool = PreprocessPool(settings.preprocess_workers)
+    image_pool = PreprocessPool(settings.image_workers, "monovl-image")
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     fetch_pool = PreprocessPool(settings.remote_fetch_workers, "monovl-fetch") if remote is not None else None
     drain = Drain(args.graceful_timeout)
     return ServerState(
-        settings, preprocessor, engine, pool, metrics, info.limits.max_model_len, remote, fetch_pool, drain
+        settings, preprocessor, engine, pool, image_pool, metrics, info.limits.max_model_len, remote, fetch_pool, drain
     )
 
 

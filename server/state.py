@@ -1,4 +1,4 @@
-"""Everything a running server holds: settings, the loaded model, the engine, the worker pool, metrics."""
+"""Everything a running server holds: settings, the loaded model, the engine, the worker pools, metrics."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ class ServerSettings:
     max_queue: int = setting(256, "requests in flight before 503")
     allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = setting(
-        2, "threads that decode images, tile them and tokenize prompts (remote image fetches have their own)"
+        2, "threads that render and tokenize the prompts of requests without images (their own lane)"
+    )
+    image_workers: int = setting(
+        2, "threads that decode and tile images and tokenize the prompts of requests with images"
     )
     remote_fetch_workers: int = setting(
         8, "threads that fetch http(s) images with --allow-remote-images (they wait on the network, not the CPU)"
@@ -48,7 +51,8 @@ class ServerState:
     settings: ServerSettings
     preprocessor: Preprocessor
     engine: AsyncEngine | EngineProcess
-    pool: PreprocessPool
+    pool: PreprocessPool  # text-only requests' lane
+    image_pool: PreprocessPool  # the lane of requests with images
     metrics: Metrics
     max_model_len: int
     remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused

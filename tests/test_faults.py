@@ -90,9 +90,9 @@ def test_an_exception_in_the_forward_fails_that_request_only(inprocess, monkeypa
 
 def test_a_stopped_preprocessing_pool_is_replaced(inprocess):
     url, state = inprocess
-    state.pool.executor.shutdown(wait=True)
+    state.image_pool.executor.shutdown(wait=True)
     assert ask(url, GOOD).status_code == 200
-    assert state.pool.restarts >= 1
+    assert state.image_pool.restarts >= 1
 
 
 def test_a_job_that_raises_fails_alone_and_a_closed_pool_refuses_work():
@@ -128,7 +128,7 @@ def test_slow_remote_fetches_do_not_hold_up_data_url_images(inprocess, monkeypat
             remote = [
                 asyncio.create_task(client.post(f"{url}/v1/chat/completions", json={
                     "messages": image_message(f"https://slow.example/{k}.png"), "max_tokens": 2}))
-                for k in range(state.settings.preprocess_workers + 1)
+                for k in range(state.settings.image_workers + 1)
             ]  # fmt: skip
             await asyncio.sleep(0.5)  # every fetch waits on the slow host now
             local = await client.post(f"{url}/v1/chat/completions", json={

@@ -53,6 +53,15 @@ def test_a_v1_request_without_the_key_is_401_before_the_app_runs(caplog):
     assert ok.status_code == 200
 
 
+def test_with_a_key_only_health_metrics_and_version_answer_without_it():
+    for path in ("/tokenize", "/detokenize", "/openapi.json", "/docs", "/v1/models", "/no-such-path", "/health/"):
+        for method in ("GET", "POST"):
+            assert request(method, path).status_code == 401, (method, path)
+    for path in ("/health", "/metrics", "/version"):
+        assert request("GET", path).status_code == 200, path
+    assert request("POST", "/tokenize", headers={"Authorization": "Bearer k"}).status_code == 200
+
+
 def test_a_body_over_the_limit_is_413():
     response = request("POST", "/v1/chat/completions", content=b"x" * 101, headers={"Authorization": "Bearer k"})
     assert response.status_code == 413

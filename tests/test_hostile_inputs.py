@@ -45,8 +45,11 @@ def test_odd_but_valid_request_is_served(server, name, body):
     assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_every_v1_route_needs_the_key_and_the_server_is_healthy_after(server):
+def test_every_route_but_health_metrics_and_version_needs_the_key_and_the_server_is_healthy_after(server):
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    assert httpx.post(f"{server.url}/tokenize", json={"prompt": "hi"}).status_code == 401
+    assert httpx.post(f"{server.url}/detokenize", json={"tokens": [1]}).status_code == 401
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
     assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     assert server.metric("monovl:kv_cache_usage_perc") == 0

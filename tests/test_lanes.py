@@ -1,0 +1,64 @@
+"""Fair lanes: a text-only chat does not wait behind other requests' image work, and `/tokenize`
+is admitted and counted like a chat."""
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.server_process import ServerProcess
+from tests.hostile import _png, data_url, image_message
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def large_image() -> bytes:
+    """Just under the 64-megapixel limit, in a PNG that stays small: seconds to decode and tile."""
+    gradient = np.linspace(0, 255, 8000, dtype=np.uint8)
+    pixels = np.stack([np.broadcast_to(gradient, (7990, 8000))] * 3, axis=-1)
+    return _png(Image.fromarray(np.ascontiguousarray(pixels)), compress_level=1)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    process = ServerProcess(tiny_dir, "--max-queue", "12")
+    yield process
+    process.stop()
+
+
+async def plain_chats_beside(server: ServerProcess, heavy: list[tuple[str, dict]]) -> tuple[list[float], list[int]]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+        loads = [asyncio.create_task(client.post(path, json=body)) for path, body in heavy]
+        await asyncio.sleep(1.0)  # the image lane is full now
+        seconds = []
+        for _ in range(4):
+            started = time.perf_counter()
+            plain = await client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 4})
+            assert plain.status_code == 200
+            seconds.append(time.perf_counter() - started)
+        statuses = [r.status_code for r in await asyncio.gather(*loads)]
+    return seconds, statuses
+
+
+def test_text_chats_answer_beside_large_images_through_chat_and_tokenize(server):
+    url = data_url(large_image())
+    heavy = [("/tokenize", {"messages": image_message(url)})] * 4
+    heavy += [("/v1/chat/completions", {"messages": image_message(url), "max_tokens": 2})] * 4
+    seconds, statuses = asyncio.run(plain_chats_beside(server, heavy))
+    assert statuses == [200] * 8
+    assert max(seconds) < 5, seconds
+
+
+def test_tokenize_counts_against_the_queue(server):
+    url = data_url(large_image())
+    heavy = [("/tokenize", {"messages": image_message(url)})] * 14
+
+    async def flood() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            return [r.status_code for r in await asyncio.gather(*(client.post(p, json=b) for p, b in heavy))]
+
+    statuses = asyncio.run(flood())
+    assert statuses.count(503) >= 2 and statuses.count(200) >= 1, statuses
