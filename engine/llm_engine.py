@@ -126,9 +126,19 @@ def grammar_refusal(error: BaseException) -> RequestError:
     return RequestError("response_format", f"cannot compile the constraint: {error}", "invalid_grammar")
 
 
-def check_context(max_model_len: int, num_prompt_tokens: int, max_tokens: int | None) -> None:
+def check_context(max_model_len: int, num_prompt_tokens: int | None, max_tokens: int | None) -> None:
     """Refuse a prompt that leaves no room to generate, or prompt + max_tokens beyond the context,
-    in vLLM's words."""
+    in vLLM's words. `num_prompt_tokens` None: the prompt is not counted yet, only max_tokens is checked."""
+    if num_prompt_tokens is None:
+        if max_tokens is not None and max_tokens >= max_model_len:
+            raise RequestError(
+                "max_tokens",
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{max_tokens} output tokens, which leaves no room for the prompt. Please reduce the number of "
+                "requested output tokens.",
+                "context_length_exceeded",
+            )
+        return
     if num_prompt_tokens >= max_model_len:
         raise RequestError(
             "messages",
@@ -157,8 +167,8 @@ class RequestLimits:
     vocab_size: int
     structured_outputs: bool  # the tokenizer's pieces are known, so a grammar can be compiled
 
-    def check(self, num_prompt_tokens: int, params: SamplingParams) -> None:
-        """Raise RequestError for what the engine cannot run."""
+    def check(self, num_prompt_tokens: int | None, params: SamplingParams) -> None:
+        """Raise RequestError for what the engine cannot run (None: the prompt is not counted yet)."""
         check_context(self.max_model_len, num_prompt_tokens, params.max_tokens)
         if params.top_k > self.vocab_size:
             raise RequestError(

@@ -21,7 +21,7 @@ from server import chat, openapi, tokenization
 from server import completions as text_completions
 from server.completions import Completion, CompletionRequest
 from server.completions import completion_id as cmpl_id
-from server.errors import APIError
+from server.errors import APIError, bad_request
 from server.generation import error_event
 from server.guard import Guard
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, completion_id
@@ -107,7 +107,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                 return chat.stream(state, request_id, prepared, body)
             return chat.complete(state, request_id, prepared, body.logprobs)
 
-        return await _generate(state, request, chat.prepare(state, body), answer, completion_id())
+        return await _generate(state, request, chat.prepare(state, body), answer, completion_id(), body.n)
 
     @app.post("/v1/completions", **openapi.body_docs(CompletionRequest, Completion, streams=True))
     async def completions(request: Request) -> Response:
@@ -120,7 +120,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                 return text_completions.stream(state, request_id, prepared, body)
             return text_completions.complete(state, request_id, prepared, body.echo)
 
-        return await _generate(state, request, text_completions.prepare(state, body), answer, cmpl_id())
+        preparing = text_completions.prepare(state, body)
+        return await _generate(state, request, preparing, answer, cmpl_id(), body.num_prompts * body.n)
 
     @app.post("/tokenize", **openapi.body_docs(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
@@ -141,36 +142,47 @@ async def _generate(
     preparing: Coroutine[None, None, P],
     answer: Callable[[P, str], AsyncIterator[str] | Awaitable[BaseModel]],
     request_id: str,
+    sequences: int,
 ) -> Response:
-    """Admit a generation request, prepare it (racing the client), then answer it whole or as a stream."""
+    """Admit a generation request of `sequences` completions, prepare it (racing the client), then
+    answer it whole or as a stream. It counts as its sequences against `--max-queue`."""
     try:
-        admit(state)
+        admit(state, sequences)
     except APIError:
         preparing.close()
         raise
-    state.in_flight += 1
+    state.in_flight += sequences
     try:
         # Everything is refused before the response starts, so a stream fails as a plain request does.
         prepared = await race(preparing, request.receive, state.drain)
         result = answer(prepared, request_id)
         if isinstance(result, AsyncIterator):  # a stream holds its own count until it ends
-            state.in_flight += 1
+            state.in_flight += sequences
 
             def ended() -> None:
-                state.in_flight -= 1
+                state.in_flight -= sequences
 
             return EventStream(result, state.drain, error_event(shutting_down()), ended)
         body = await race(result, request.receive, state.drain)
         return JSONResponse(body.model_dump())
     finally:
-        state.in_flight -= 1
+        state.in_flight -= sequences
 
 
-def admit(state: ServerState) -> None:
-    """Refuse new work while draining or with `--max-queue` requests in flight."""
+def admit(state: ServerState, sequences: int = 1) -> None:
+    """Refuse new work while draining, a request of more than `--max-request-sequences` completions,
+    and work past `--max-queue` sequences in flight (an idle server takes any one request)."""
     if state.drain.draining:
         raise shutting_down()
-    if state.in_flight >= state.settings.max_queue:
+    limit = state.settings.max_request_sequences
+    if sequences > limit:
+        raise bad_request(
+            f"the request asks for {sequences} completions (prompts x n); at most {limit} "
+            "(the server's --max-request-sequences)",
+            "n",
+            "too_many_sequences",
+        )
+    if state.in_flight and state.in_flight + sequences > state.settings.max_queue:
         raise APIError(
             503,
             "the server is at capacity; retry later",
@@ -199,8 +211,11 @@ async def _parse_body(request: Request, model: type[T]) -> T:
 
 
 def _validation_error(errors: list) -> APIError:
-    first = errors[0]
-    loc = [str(p) for p in _wire_path(first.get("loc", ()))]
+    """The first bad field, named as deep as its errors go: where a union's members all fail (content
+    as a string, or as a list of parts), the member that got furthest says what is wrong."""
+    paths = [[str(p) for p in _wire_path(e.get("loc", ()))] for e in errors]
+    deepest = max((k for k in range(len(errors)) if paths[k][: len(paths[0])] == paths[0]), key=lambda k: len(paths[k]))
+    first, loc = errors[deepest], paths[deepest]
     if first.get("type") == "union_tag_invalid":  # the tag itself is wrong: name it
         loc.append(str(first["ctx"]["discriminator"]).strip("'"))
     param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
@@ -210,17 +225,22 @@ def _validation_error(errors: list) -> APIError:
 def _wire_path(loc: tuple) -> list:
     """The error's place in the body as the client wrote it: pydantic also names the union member
     it tried (a role's or content part's tag, `str` or `list[...]`), which the body does not have."""
-    path = []
+    path, after_member = [], False
     for k, part in enumerate(loc):
         if part == "body" and k == 0:
             continue
-        member = isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part in ("str", "dict", "list"))
-        if not member or (path and path[-1] == part):
+        # A member's name is followed by a field or an index, never by another member's name.
+        member = not after_member and isinstance(part, str)
+        member = member and (part in _UNION_TAGS or "[" in part or part in ("str", "dict", "list"))
+        after_member = member
+        if not member:
             path.append(part)
     return path
 
 
-_UNION_TAGS = frozenset(["system", "developer", "user", "assistant", "tool", "text", "json_object", "json_schema"])
+_UNION_TAGS = frozenset(
+    ["system", "developer", "user", "assistant", "tool", "text", "image_url", "json_object", "json_schema"]
+)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

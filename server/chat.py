@@ -150,11 +150,11 @@ async def prepare(state: ServerState, request: ChatCompletionRequest) -> Prepare
     if mode.kind == "auto":  # the call markers are special tokens: the reader needs to see them
         params = replace(params, skip_special_tokens=False)
     limits = state.engine.info.limits
-    check(limits, 1, params)  # a prompt has a token at least: max_tokens past the context is out now
+    check(limits, None, params, "messages")  # max_tokens past the context is out before any preprocessing
     conversation = to_conversation(request, mode, settings.max_images_per_request, state.max_prompt_chars)
     await compile_constraint(state, params, constraint)
     prompt = await build_prompt(state, conversation, request.max_num_tiles)
-    check(limits, prompt.num_tokens, params)
+    check(limits, prompt.num_tokens, params, "messages")
     return Prepared(prompt, params, mode)
 
 

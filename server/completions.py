@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from engine.inputs import PromptInputs
 from engine.outputs import TokenLogprob
@@ -34,11 +34,30 @@ MAX_PROMPTS = 64
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int] = Field(union_mode="left_to_right")
+    prompt: str | list[str] | list[StrictInt] = Field(union_mode="left_to_right")
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
     suffix: str | None = None
+
+    @property
+    def num_prompts(self) -> int:
+        """Engine requests this asks for (before n): one per string of a list, else one."""
+        prompt = self.prompt
+        return len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else 1
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _token_ids_are_integers(cls, prompt: object) -> object:
+        """`[true]` or `[1.0]` is not token id 1: say so, rather than which union member failed."""
+        if isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt):
+            for k, item in enumerate(prompt):
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise ValueError(
+                        "must be a string, a list of strings or a list of token ids (integers); "
+                        f"item {k} is {type(item).__name__}"
+                    )
+        return prompt
 
 
 class CompletionLogprobs(BaseModel):
@@ -118,7 +137,7 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
     if request.echo and request.logprobs is not None:
         params = replace(params, prompt_logprobs=request.logprobs)
     limits = state.engine.info.limits
-    check(limits, 1, params)
+    check(limits, None, params, "prompt")
     texts = _prompts(request)
     chars = sum(len(t) for t in texts if isinstance(t, str))
     if chars > state.max_prompt_chars:
@@ -131,8 +150,23 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
     tokenizer, img_context = state.preprocessor.tokenizer, state.preprocessor.img_context_id
     prompts = [await state.pool.run(tokenize_prompt, tokenizer, t, img_context) for t in texts]
     for prompt in prompts:
-        check(limits, prompt.num_tokens, params)
+        check(limits, prompt.num_tokens, params, "prompt")
+    if params.prompt_logprobs is not None:
+        _check_echo_size(state, sum(p.num_tokens for p in prompts), params)
     return PreparedCompletion(prompts, params)
+
+
+def _check_echo_size(state: ServerState, num_prompt_tokens: int, params: SamplingParams) -> None:
+    """An echo repeats its prompt's logprobs in every choice: their count bounds the response."""
+    entries = num_prompt_tokens * (params.prompt_logprobs + 1) * params.n
+    limit = state.settings.max_echo_logprobs
+    if entries > limit:
+        raise bad_request(
+            f"echo with logprobs {params.prompt_logprobs} and n {params.n} over {num_prompt_tokens} prompt tokens "
+            f"would return {entries} prompt logprobs; at most {limit} (the server's --max-echo-logprobs)",
+            "logprobs",
+            "too_many_logprobs",
+        )
 
 
 def completion_id() -> str:
@@ -246,13 +280,16 @@ async def complete(state: ServerState, request_id: str, prepared: PreparedComple
                 raise APIError(500, item.error or "internal error", type="server_error")
             reasons[index] = item.finish_reason
     choices = []
+    echoes: dict[int, CompletionLogprobs] = {}  # by prompt: made once for all of its choices
     for i in range(count):
         lp = None
         if prepared.params.logprobs is not None:
             prompt = prepared.prompts[i // n]
             lp = legacy_logprobs(tokenizer, generated(logprobs[i]), len(prompt.prompt) if echo else 0)
             if echo:
-                lp = join(legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_logprobs[i // n]), 0), lp)
+                if i // n not in echoes:
+                    echoes[i // n] = legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_logprobs[i // n]), 0)
+                lp = join(echoes[i // n], lp)
         choices.append(CompletionChoice(index=i, text=texts[i], logprobs=lp, finish_reason=reasons.get(i)))
     return Completion(id=request_id, model=state.settings.served_model_name, choices=choices, usage=_usage(tallies))
 

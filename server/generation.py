@@ -77,11 +77,12 @@ async def compile_constraint(state: ServerState, params: SamplingParams, constra
         raise APIError(503, "the engine stopped", "server_error", code="engine_dead") from None
 
 
-def check(limits: RequestLimits, num_prompt_tokens: int, params: SamplingParams) -> None:
+def check(limits: RequestLimits, num_prompt_tokens: int | None, params: SamplingParams, prompt_param: str) -> None:
+    """The engine's limits as a 400; a prompt too long for the context is named as `prompt_param`."""
     try:
         limits.check(num_prompt_tokens, params)
     except RequestError as e:
-        raise bad_request(str(e), e.param, e.code) from None
+        raise bad_request(str(e), prompt_param if e.param == "messages" else e.param, e.code) from None
 
 
 @dataclass

@@ -26,7 +26,12 @@ class ServerSettings:
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
     body_timeout: float = setting(30.0, "seconds a request body may pause between chunks (408)")
-    max_queue: int = setting(256, "requests in flight before 503")
+    max_queue: int = setting(256, "completions in flight (a request counts as its prompts x n) before 503")
+    max_request_sequences: int = setting(128, "completions one request may ask for, prompts x n (400 beyond)")
+    max_echo_logprobs: int = setting(
+        500_000,
+        "prompt logprobs an echo may return in all: prompt tokens x (logprobs + 1) x n over its prompts (400 beyond)",
+    )
     allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = setting(
         2, "threads that render and tokenize the prompts of requests without images (their own lane)"

@@ -6,7 +6,7 @@ and every image's `<IMG_CONTEXT>` tokens included (so `count` is what the contex
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from server.chat import build_prompt, to_conversation
 from server.completions import check_token_ids
@@ -44,7 +44,7 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    tokens: list[int] = Field(max_length=MAX_DETOKENIZE)
+    tokens: list[StrictInt] = Field(max_length=MAX_DETOKENIZE)
 
 
 class DetokenizeResponse(BaseModel):

@@ -103,6 +103,8 @@ def hostile_requests(max_images: int = 8) -> list[tuple[str, bytes | dict]]:
             b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b'{"a": ' * 60000 + b"1" + b"}" * 60001,
         ),
         ("lone surrogate", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+        ("lone low surrogate", b'{"messages": [{"role": "user", "content": "a\\udc00b"}]}'),
+        ("surrogates in the wrong order", b'{"messages": [{"role": "user", "content": "\\udc00\\ud800"}]}'),
         ("lone surrogate in a key", b'{"messages": [{"role": "user", "content": "a"}], "\\udc00": 1}'),
         ("not utf-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}'),
         ("utf-16 body", '{"messages": [{"role": "user", "content": "hi"}]}'.encode("utf-16")),
