@@ -41,6 +41,12 @@ class StructuredOutput:
         return cls("json", schema if isinstance(schema, str) else json.dumps(schema, ensure_ascii=False))
 
 
+# Resident bytes a compiled JSON grammar holds per byte of its `memory_size_bytes` (which leaves
+# out the grammar's own structures and the allocator's), rounded up; benchmarks/grammar_memory.py
+# measures it. The cache counts grammars at this size, so its bound holds for the process's memory.
+RESIDENT_PER_COUNTED_BYTE = 1.4
+
+
 class GrammarError(ValueError):
     """A spec the grammar engine cannot compile; the message says why."""
 
@@ -87,6 +93,7 @@ class Grammars:
 
     @property
     def cached_bytes(self) -> int:
+        """What the cached grammars hold, as `resident_bytes` counts it."""
         return self._cached_bytes
 
     def compiler(self, json: bool) -> xgrammar.GrammarCompiler:
@@ -126,10 +133,10 @@ class Grammars:
         with self._lock:
             if spec not in self._compiled:
                 self._compiled[spec] = compiled
-                self._cached_bytes += compiled.memory_size_bytes
+                self._cached_bytes += resident_bytes(compiled)
             while self._cached_bytes > self.cache_bytes and self._compiled:
                 _, dropped = self._compiled.popitem(last=False)
-                self._cached_bytes -= dropped.memory_size_bytes
+                self._cached_bytes -= resident_bytes(dropped)
         return compiled
 
     def _compile(self, compiler: xgrammar.GrammarCompiler, spec: StructuredOutput) -> xgrammar.CompiledGrammar:
@@ -156,6 +163,10 @@ class Grammars:
 
     def matcher(self, spec: StructuredOutput) -> xgrammar.GrammarMatcher:
         return new_matcher(self.compile(spec))
+
+
+def resident_bytes(compiled: xgrammar.CompiledGrammar) -> int:
+    return int(compiled.memory_size_bytes * RESIDENT_PER_COUNTED_BYTE)
 
 
 def new_matcher(compiled: xgrammar.CompiledGrammar) -> xgrammar.GrammarMatcher:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import signal
 import socket
@@ -26,6 +27,7 @@ import time
 
 import httpx
 
+from benchmarks.engine_bench import machine
 from benchmarks.server_process import ServerProcess
 from preprocessing.tiny_checkpoint import ensure_demo_checkpoint
 from tests.hostile import data_url, image_message
@@ -146,15 +148,19 @@ def attack_phase(server: ServerProcess, seconds: float) -> dict:
     )
 
 
-def schema_cache_phase(server: ServerProcess, count: int) -> dict:
+def schema_cache_phase(server: ServerProcess, count: int, warm_up: int = 3) -> dict:
+    """`count` unique schemas after `warm_up` others (the core's one-time costs paid first)."""
     core = server.engine_core_pid()
-    before = server.resident_mib_by_process()[core]
     statuses: dict[int, int] = {}
-    started = time.perf_counter()
-    for k in range(count):
+    for k in range(-warm_up, count):
+        if k == 0:
+            time.sleep(TRIM_WAIT_S)
+            before = server.resident_mib_by_process()[core]
+            started = time.perf_counter()
         body = {"messages": USER, "max_tokens": 2, "response_format": schema(f"cache{k}", 300, required=True)}
         status = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).status_code
         statuses[status] = statuses.get(status, 0) + 1
+    time.sleep(TRIM_WAIT_S)
     after = server.resident_mib_by_process()[core]
     return report(
         "schema cache",
@@ -200,7 +206,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--schemas", type=int, default=300)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}", flush=True)
+    print(f"machine: {machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
     checkpoint, _ = ensure_demo_checkpoint()
     server = ServerProcess(checkpoint, "--grammar-cache-memory", str(CACHE_GIB))
     try:

@@ -10,7 +10,14 @@ import pytest
 from engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
 from engine.llm_engine import EngineConfig
 from engine.sampling_params import SamplingParams
-from engine.structured_output import GrammarError, Grammars, GrammarTooComplex, StructuredOutput, Vocabulary
+from engine.structured_output import (
+    GrammarError,
+    Grammars,
+    GrammarTooComplex,
+    StructuredOutput,
+    Vocabulary,
+    resident_bytes,
+)
 from preprocessing.checkpoint import build_engine
 from preprocessing.tokenizer import Tokenizer
 from tests.engine_helpers import mixed_workload
@@ -101,7 +108,7 @@ def test_shutdown_answers_every_waiting_compile_and_kills_the_probe(vocabulary):
 
 
 def test_the_cache_is_bounded_in_bytes_and_xgrammar_keeps_none(vocabulary):
-    one = Grammars(vocabulary).compile(optional_properties(60, "a")).memory_size_bytes
+    one = resident_bytes(Grammars(vocabulary).compile(optional_properties(60, "a")))
     grammars = Grammars(vocabulary, cache_bytes=3 * one)
     specs = [optional_properties(60, f"s{i}_") for i in range(8)]
     for spec in specs:
