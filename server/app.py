@@ -203,7 +203,7 @@ async def _counted(state: ServerState, work: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _parse_body(request: Request, model: type[T]) -> T:
-    data = parse_json_object(await request.body())
+    data = parse_json_object(await request.body(), request.app.state.monovl.settings.max_body_values)
     try:
         return model.model_validate(data)
     except ValidationError as e:

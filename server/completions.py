@@ -34,7 +34,8 @@ MAX_PROMPTS = 64
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[StrictInt] = Field(union_mode="left_to_right")
+    # Token ids before strings: a long list of ids must not be tried (and fail item by item) as strings.
+    prompt: str | list[StrictInt] | list[str] = Field(union_mode="left_to_right")
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
@@ -49,8 +50,12 @@ class CompletionRequest(SamplingRequest):
     @field_validator("prompt", mode="before")
     @classmethod
     def _token_ids_are_integers(cls, prompt: object) -> object:
-        """`[true]` or `[1.0]` is not token id 1: say so, rather than which union member failed."""
-        if isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt):
+        """`[true]` or `[1.0]` is not token id 1: say so, rather than which union member failed. Too
+        many prompts are refused before any is validated."""
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
+        elif isinstance(prompt, list):
             for k, item in enumerate(prompt):
                 if isinstance(item, bool) or not isinstance(item, int):
                     raise ValueError(
@@ -97,8 +102,6 @@ def _prompts(request: CompletionRequest) -> list[str] | list[list[int]]:
         raise bad_request("prompt must not be empty", "prompt")
     if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]  # type: ignore[arg-type]
-    if len(prompt) > MAX_PROMPTS:
-        raise bad_request(f"at most {MAX_PROMPTS} prompts in one request", "prompt")
     return list(prompt)  # type: ignore[arg-type]
 
 

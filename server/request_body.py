@@ -4,6 +4,12 @@ Python's `json` takes NaN and Infinity (not JSON), lone UTF-16 surrogate escapes
 tokenizer or UTF-8 encoder takes later) and integers of thousands of digits (a ValueError of its
 own), and its parser raises RecursionError on deep nesting. Each of these is refused here,
 naming where it is, before any other work.
+
+Parsing and validating a body runs on the event loop and holds the GIL throughout (a thread would
+not free the loop): its cost grows with the number of values, not bytes, and 64 MB of small
+numbers or tiny messages would stop every other request for seconds. So a body may hold at most
+`max_values` values, counted by its commas before parsing (a string's commas count too: a
+bound from above, in one pass at memory speed).
 """
 
 from __future__ import annotations
@@ -21,7 +27,16 @@ class _NotJSON(ValueError):
     pass
 
 
-def parse_json_object(raw: bytes) -> dict:
+DEFAULT_MAX_VALUES = 131_072
+
+
+def parse_json_object(raw: bytes, max_values: int = DEFAULT_MAX_VALUES) -> dict:
+    if raw.count(b",") >= max_values:
+        raise APIError(
+            413,
+            f"the body holds more than {max_values} JSON values (the server's --max-body-values)",
+            code="request_too_large",
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -12,6 +12,7 @@ from server.drain import Drain
 from server.metrics import Metrics
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
+from server.request_body import DEFAULT_MAX_VALUES
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class ServerSettings:
     max_image_tiles: int = setting(12, "tile cap per image (a request's max_num_tiles may ask for fewer)")
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
+    max_body_values: int = setting(
+        DEFAULT_MAX_VALUES,
+        "JSON values a request body may hold, counted by its commas (413 beyond; each costs event-loop time)",
+    )
     body_timeout: float = setting(30.0, "seconds a request body may pause between chunks (408)")
     max_queue: int = setting(256, "completions in flight (a request counts as its prompts x n) before 503")
     max_request_sequences: int = setting(128, "completions one request may ask for, prompts x n (400 beyond)")

@@ -1,7 +1,7 @@
 """The isolation figures of docs/reliability.md ("One client against the others"): expensive
 requests side by side with plain chats, against real servers.
 
-    python -m tests.attack_run [--seconds 40] [--schemas 300]
+    python -m tests.attack_run [--seconds 40] [--schemas 300] [--attacks NAME,...] [--phases NAME,...]
 
 On the demo-sized tiny checkpoint, with the default flags but `--grammar-cache-memory` (small, so
 the bound shows within a few minutes): for `--seconds`, at once and over and over, two new slow
@@ -96,7 +96,10 @@ def tokenize_images(server: ServerProcess, _: int) -> list[int]:
     return answers
 
 
-def attack_phase(server: ServerProcess, seconds: float) -> dict:
+ATTACKS = {a.__name__: a for a in (slow_schemas, echoes, huge_header, tokenize_images)}
+
+
+def attack_phase(server: ServerProcess, seconds: float, attacks: list[str]) -> dict:
     large_image_url()
     start_mib = server.resident_mib()
     server.reset_peak()
@@ -111,9 +114,7 @@ def attack_phase(server: ServerProcess, seconds: float) -> dict:
                 tally[status] = tally.get(status, 0) + 1
             round_ += 1
 
-    attackers = [
-        threading.Thread(target=keep_attacking, args=(a,)) for a in (slow_schemas, echoes, huge_header, tokenize_images)
-    ]
+    attackers = [threading.Thread(target=keep_attacking, args=(ATTACKS[name],)) for name in attacks]
     for attacker in attackers:
         attacker.start()
     chats, statuses = [], {}
@@ -205,17 +206,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--schemas", type=int, default=300)
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="which attacks run at once")
+    parser.add_argument("--phases", default="attacks,schemas,sigterm")
     args = parser.parse_args()
+    phases = args.phases.split(",")
     print(f"machine: {machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
     checkpoint, _ = ensure_demo_checkpoint()
     server = ServerProcess(checkpoint, "--grammar-cache-memory", str(CACHE_GIB))
     try:
         httpx.post(f"{server.url}/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, timeout=120)
-        attack_phase(server, args.seconds)
-        schema_cache_phase(server, args.schemas)
+        if "attacks" in phases:
+            attack_phase(server, args.seconds, args.attacks.split(","))
+        if "schemas" in phases:
+            schema_cache_phase(server, args.schemas)
     finally:
         server.stop()
-    sigterm_phase(checkpoint)
+    if "sigterm" in phases:
+        sigterm_phase(checkpoint)
     print(json.dumps({"done": True}))
 
 

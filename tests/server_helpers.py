@@ -5,8 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
 
 from benchmarks.server_process import ServerProcess
+
+T = TypeVar("T")
 
 
 def raw_request(server: ServerProcess, body: dict) -> socket.socket:
@@ -32,3 +40,25 @@ def closed_by_server(sock: socket.socket) -> bool:
     except OSError:
         return True
     return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+def health_pings_during(server: ServerProcess, work: Callable[[], T]) -> tuple[T, list[float]]:
+    """`work()`'s result, and the seconds each `/health` asked meanwhile took: how long the server's
+    event loop was held."""
+    pings: list[float] = []
+    done = threading.Event()
+
+    def ping() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            httpx.get(f"{server.url}/health", timeout=60)
+            pings.append(time.perf_counter() - started)
+            time.sleep(0.01)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    try:
+        return work(), pings
+    finally:
+        done.set()
+        pinger.join()

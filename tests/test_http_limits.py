@@ -6,11 +6,13 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 
 import httpx
 import pytest
 
 from benchmarks.server_process import ServerProcess, free_port
+from tests.server_helpers import health_pings_during
 
 USER = [{"role": "user", "content": "hi"}]
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -114,3 +116,18 @@ def test_two_servers_on_one_port_one_serves_and_the_other_exits_2(tiny_dir):
         for s in servers:
             s.kill()
             s.wait()
+
+
+def test_a_body_of_millions_of_small_values_is_refused_before_parsing(server):
+    """60 MB of token ids or tiny messages would hold the event loop for seconds while parsed."""
+    ids = b'{"prompt": [' + b"1," * (30 * 2**20) + b"1]}"
+    message = b'{"role": "user", "content": "a"}'
+    messages = b'{"messages": [' + b",".join([message] * (1800 * 1024)) + b"]}"
+    for path, body in (("/v1/completions", ids), ("/v1/chat/completions", messages)):
+        send = partial(httpx.post, f"{server.url}{path}", content=body, timeout=60)
+        response, pings = health_pings_during(server, send)
+        assert response.status_code == 413 and "--max-body-values" in response.json()["error"]["message"]
+        assert max(pings) < 0.5, max(pings)
+    prompt = [5] * 100_000  # under the value limit: parsed, then refused by the context
+    response = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"

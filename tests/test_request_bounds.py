@@ -4,7 +4,6 @@ offending field named)."""
 
 import asyncio
 import json
-import threading
 import time
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from benchmarks.server_process import ServerProcess
 from tests.hostile import data_url, image_message
 from tests.load import stream_events
+from tests.server_helpers import health_pings_during
 
 USER = [{"role": "user", "content": "hi"}]
 CONTEXT = 4096
@@ -72,23 +72,7 @@ def test_sequences_count_against_the_queue(server):
 
 def test_an_echo_within_the_limit_is_served_with_one_prompt_logprobs_per_choice(server):
     body = {"prompt": [5 + i % 900 for i in range(2000)], "echo": True, "logprobs": 5, "n": 4, "max_tokens": 2}
-    pings: list[float] = []
-    done = threading.Event()
-
-    def ping() -> None:
-        while not done.is_set():
-            started = time.perf_counter()
-            httpx.get(f"{server.url}/health", timeout=30)
-            pings.append(time.perf_counter() - started)
-            time.sleep(0.02)
-
-    pinger = threading.Thread(target=ping)
-    pinger.start()
-    try:
-        response = post(server, "/v1/completions", body)
-    finally:
-        done.set()
-        pinger.join()
+    response, pings = health_pings_during(server, lambda: post(server, "/v1/completions", body))
     assert response.status_code == 200
     choices = response.json()["choices"]
     echoed = [c["logprobs"]["top_logprobs"][:2000] for c in choices]
