@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from engine.core_messages import EngineInfo, EngineStats
 from engine.inputs import PromptInputs
 from engine.llm_engine import LLMEngine
-from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve
+from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve, taken
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
@@ -101,11 +101,7 @@ class AsyncEngine:
             call_soon(stream.loop, resolve, added, None)
 
         self._submit(add)
-        try:
-            error = await added
-        except asyncio.CancelledError:  # the client left while the engine took it
-            self.abort(request_id)
-            raise
+        error = await taken(added, lambda: self.abort(request_id))
         if error is not None:
             raise error
         async for output in read(stream, params.n, lambda: self.abort(request_id)):

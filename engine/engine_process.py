@@ -41,7 +41,7 @@ from engine.engine_core import Pipe, run_core
 from engine.inputs import PromptInputs
 from engine.llm_engine import LLMEngine
 from engine.output_processor import OutputProcessor
-from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve
+from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve, taken
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
@@ -168,11 +168,7 @@ class EngineProcess:
             self._adds[request_id] = (stream.loop, added)
         self._text.add(request_id, params)
         self._outbox.put(AddRequest(request_id, prompt, params))
-        try:
-            error = await added
-        except asyncio.CancelledError:  # the client left while the core took it
-            self.abort(request_id)
-            raise
+        error = await taken(added, lambda: self.abort(request_id))
         if error is not None:
             self._streams.close(request_id)
             self._text.remove(request_id)

@@ -23,6 +23,27 @@ class EngineDeadError(RuntimeError):
     """The engine stopped; no request can be served."""
 
 
+class EngineNotAnswering(RuntimeError):
+    """The engine did not take a request within `TAKE_DEADLINE_S`: it runs, but its step is stuck."""
+
+
+# An engine takes new requests between two steps; no step of a working engine takes this long.
+TAKE_DEADLINE_S = 120.0
+
+
+async def taken(added: asyncio.Future, abort: Callable[[], None]) -> BaseException | None:
+    """What the engine answered a new request (None, or the error that refused it), within
+    `TAKE_DEADLINE_S`; past it (or when the caller leaves) the request is aborted."""
+    try:
+        return await asyncio.wait_for(added, TAKE_DEADLINE_S)
+    except asyncio.TimeoutError:
+        abort()
+        raise EngineNotAnswering(f"the engine did not take the request within {TAKE_DEADLINE_S:g} s") from None
+    except asyncio.CancelledError:  # the client left while the engine took it
+        abort()
+        raise
+
+
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop

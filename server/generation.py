@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from engine.inputs import PromptInputs
 from engine.llm_engine import UNAVAILABLE, RequestError, RequestLimits
-from engine.output_streams import EngineDeadError
+from engine.output_streams import EngineDeadError, EngineNotAnswering
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from preprocessing.tokenizer import Tokenizer
@@ -152,6 +152,8 @@ async def outputs(
         raise APIError(
             503, "the engine stopped; the server is restarting", "server_error", code="engine_dead"
         ) from None
+    except EngineNotAnswering as e:
+        raise APIError(503, str(e), "server_error", code="engine_not_answering") from None
     finally:
         if finished < params.n:  # the client left (or the server failed): the rest were aborted
             state.metrics.request_success.labels(state.metrics.model_name, "abort").inc(params.n - finished)

@@ -5,10 +5,11 @@ import threading
 
 import pytest
 
+from engine import output_streams
 from engine.async_engine import AsyncEngine
 from engine.core_messages import EngineInfo
 from engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
-from engine.output_streams import _deliver
+from engine.output_streams import EngineNotAnswering, _deliver
 from engine.sampling_params import SamplingParams
 from tests.engine_helpers import mixed_workload
 
@@ -140,3 +141,26 @@ def test_the_engine_is_built_on_its_thread_and_a_build_error_raises_in_start(tin
     with pytest.raises(ValueError, match="no such checkpoint"):
         failed.start()
     assert not failed.is_running
+
+
+def test_a_stuck_engine_answers_a_new_request_at_the_deadline_and_forgets_it(async_engine, preprocessor, monkeypatch):
+    monkeypatch.setattr(output_streams, "TAKE_DEADLINE_S", 0.5)
+    _, prompt, params = mixed_workload(preprocessor)[0]
+    stuck, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        stuck.set()
+        release.wait(10)
+
+    async def main() -> None:
+        holding = async_engine.call(hold)
+        while not stuck.is_set():
+            await asyncio.sleep(0.01)
+        with pytest.raises(EngineNotAnswering, match=r"within 0\.5 s"):
+            await collect(async_engine, "late", prompt, params)
+        release.set()
+        await holding
+        assert await async_engine.call(lambda: async_engine.engine.has_unfinished()) is False
+        assert await collect(async_engine, "after", prompt, params)
+
+    asyncio.run(main())
