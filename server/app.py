@@ -115,7 +115,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
         def answer(
             prepared: text_completions.PreparedCompletion, request_id: str
-        ) -> AsyncIterator[str] | Awaitable[BaseModel]:
+        ) -> AsyncIterator[str] | Awaitable[BaseModel | Response]:
             if body.stream:
                 return text_completions.stream(state, request_id, prepared, body)
             return text_completions.complete(state, request_id, prepared, body.echo)
@@ -140,7 +140,7 @@ async def _generate(
     state: ServerState,
     request: Request,
     preparing: Coroutine[None, None, P],
-    answer: Callable[[P, str], AsyncIterator[str] | Awaitable[BaseModel]],
+    answer: Callable[[P, str], AsyncIterator[str] | Awaitable[BaseModel | Response]],
     request_id: str,
     sequences: int,
 ) -> Response:
@@ -164,7 +164,7 @@ async def _generate(
 
             return EventStream(result, state.drain, error_event(shutting_down()), ended)
         body = await race(result, request.receive, state.drain)
-        return JSONResponse(body.model_dump())
+        return body if isinstance(body, Response) else JSONResponse(body.model_dump())
     finally:
         state.in_flight -= sequences
 

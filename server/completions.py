@@ -17,11 +17,13 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, Field, StrictInt, field_validator
+from starlette.responses import Response
 
 from engine.inputs import PromptInputs
 from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams, SamplingParamsError
 from preprocessing.tokenizer import Tokenizer
+from server.echo_json import echo_response
 from server.errors import APIError, bad_request
 from server.generation import Tally, check, check_model, compile_constraint, error_event, outputs, token_text
 from server.protocol import SamplingRequest, Usage
@@ -199,15 +201,6 @@ def prompt_entries(prompt: PromptInputs, logprobs: list[TokenLogprob | None]) ->
     return list(zip(prompt.token_ids, logprobs, strict=True))
 
 
-def join(first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs:
-    return CompletionLogprobs(
-        tokens=first.tokens + then.tokens,
-        token_logprobs=first.token_logprobs + then.token_logprobs,
-        top_logprobs=first.top_logprobs + then.top_logprobs,
-        text_offset=first.text_offset + then.text_offset,
-    )
-
-
 async def _one_prompt(
     state: ServerState, request_id: str, k: int, prompt: PromptInputs, params: SamplingParams
 ) -> AsyncIterator[tuple[int, object]]:
@@ -261,7 +254,9 @@ def _usage(tallies: list[Tally]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-async def complete(state: ServerState, request_id: str, prepared: PreparedCompletion, echo: bool) -> Completion:
+async def complete(
+    state: ServerState, request_id: str, prepared: PreparedCompletion, echo: bool
+) -> Completion | Response:
     n = prepared.params.n
     tokenizer = state.preprocessor.tokenizer
     count = len(prepared.prompts) * n
@@ -282,19 +277,26 @@ async def complete(state: ServerState, request_id: str, prepared: PreparedComple
             if item.finish_reason == "error":
                 raise APIError(500, item.error or "internal error", type="server_error")
             reasons[index] = item.finish_reason
-    choices = []
-    echoes: dict[int, CompletionLogprobs] = {}  # by prompt: made once for all of its choices
-    for i in range(count):
-        lp = None
-        if prepared.params.logprobs is not None:
-            prompt = prepared.prompts[i // n]
-            lp = legacy_logprobs(tokenizer, generated(logprobs[i]), len(prompt.prompt) if echo else 0)
-            if echo:
-                if i // n not in echoes:
-                    echoes[i // n] = legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_logprobs[i // n]), 0)
-                lp = join(echoes[i // n], lp)
-        choices.append(CompletionChoice(index=i, text=texts[i], logprobs=lp, finish_reason=reasons.get(i)))
-    return Completion(id=request_id, model=state.settings.served_model_name, choices=choices, usage=_usage(tallies))
+    own: dict[int, CompletionLogprobs] = {}
+    if prepared.params.logprobs is not None:
+        for i in range(count):
+            offset = len(prepared.prompts[i // n].prompt) if echo else 0
+            own[i] = legacy_logprobs(tokenizer, generated(logprobs[i]), offset)
+    echoes = echo and prepared.params.logprobs is not None
+    choices = [
+        CompletionChoice(index=i, text=texts[i], logprobs=None if echoes else own.get(i), finish_reason=reasons.get(i))
+        for i in range(count)
+    ]
+    completion = Completion(
+        id=request_id, model=state.settings.served_model_name, choices=choices, usage=_usage(tallies)
+    )
+    if not echoes:
+        return completion
+    prompts = {  # made once for all of a prompt's choices
+        k: legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_logprobs[k]), 0)
+        for k, prompt in enumerate(prepared.prompts)
+    }
+    return echo_response(completion, prompts, own, n)
 
 
 async def stream(

@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from benchmarks.server_process import ServerProcess
+from server.completions import Completion, CompletionChoice, CompletionLogprobs
+from server.echo_json import echo_response
 from tests.hostile import data_url, image_message
 from tests.load import stream_events
 from tests.server_helpers import health_pings_during
@@ -114,3 +116,25 @@ def test_a_bad_field_inside_a_content_part_is_named(server):
     assert_error(post(server, "/v1/chat/completions", {"messages": message}), 400, "messages[0].content[0].text")
     body = {"prompt": "a", "logprobs": 21}
     assert json.loads(post(server, "/v1/completions", body).text)["error"]["param"] == "logprobs"
+
+
+def test_the_shared_echo_json_is_the_completion_with_each_choices_logprobs():
+    def logprobs(tokens: list[str], start: int) -> CompletionLogprobs:
+        values = [None if t == "<s>" else -0.25 * k for k, t in enumerate(tokens)]
+        tops = [None if v is None else {t: v, 'q"\u00e9': -9.5} for t, v in zip(tokens, values, strict=True)]
+        return CompletionLogprobs(
+            tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=list(range(start, start + len(tokens)))
+        )
+
+    prompts = {0: logprobs(["<s>", "a", '"logprobs":null'], 0), 1: logprobs(["<s>", "b"], 0)}
+    own = {i: logprobs([f"x{i}"] * (i % 3), 5) for i in range(4)}  # choice 0 and 3 generated nothing
+    texts = ['t"logprobs":null', "u", "v\n", ""]
+    choices = [CompletionChoice(index=i, text=texts[i], finish_reason="length") for i in range(4)]
+    completion = Completion(id="cmpl-1", model='m"', choices=choices, usage=None)
+    body = json.loads(echo_response(completion, prompts, own, n=2).body)
+    for choice in completion.choices:
+        prompt, mine = prompts[choice.index // 2], own[choice.index]
+        choice.logprobs = CompletionLogprobs(
+            **{field: getattr(prompt, field) + getattr(mine, field) for field in CompletionLogprobs.model_fields}
+        )
+    assert body == completion.model_dump()
