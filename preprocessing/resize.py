@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+from preprocessing.cpu_priority import IMAGE_NICENESS, lower_priority
+
 MIN_BAND = 64  # rows or columns per band: thinner bands cost more in copies than they save
 MAX_BANDS = 8  # each band's crop and paste is a copy; measured only up to 2 CPUs, so no more than this
 Box = tuple[int, int, int, int]  # left, top, right, bottom
@@ -30,7 +32,9 @@ def cpus() -> int:
     return max(1, min(usable, MAX_BANDS))
 
 
-_BANDS = ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="monovl-resize")
+_BANDS = ThreadPoolExecutor(
+    max_workers=cpus(), thread_name_prefix="monovl-resize", initializer=lower_priority, initargs=(IMAGE_NICENESS,)
+)
 
 
 def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
+from preprocessing.cpu_priority import lower_priority
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -24,17 +26,24 @@ class PoolClosed(RuntimeError):
 
 
 class PreprocessPool:
-    def __init__(self, workers: int, name: str = "monovl-preprocess") -> None:
+    def __init__(self, workers: int, name: str = "monovl-preprocess", niceness: int = 0) -> None:
+        """`niceness`: each worker thread's, added to the process's (Linux schedules threads alone)."""
         if workers < 1:
             raise ValueError(f"a worker pool needs at least one thread, not {workers}")
         self.workers = workers
         self.name = name
+        self.niceness = niceness
         self.executor = self._new()
         self.restarts = 0
         self.closed = False
 
     def _new(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=self.name)
+        return ThreadPoolExecutor(
+            max_workers=self.workers,
+            thread_name_prefix=self.name,
+            initializer=lower_priority,
+            initargs=(self.niceness,),
+        )
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         if self.closed:

@@ -19,6 +19,7 @@ from engine.output_processor import OutputProcessor
 from engine.settings import add_arguments, from_arguments
 from model.config import ModelConfig
 from preprocessing.checkpoint import build_engine, checkpoint_directory
+from preprocessing.cpu_priority import IMAGE_NICENESS
 from preprocessing.processor import Preprocessor
 from server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
 from server.drain import Drain
@@ -101,7 +102,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
         lambda: engine.stats().running, lambda: engine.stats().waiting, lambda: engine.stats().kv_cache_usage
     )
     pool = PreprocessPool(settings.preprocess_workers)
-    image_pool = PreprocessPool(settings.image_workers, "monovl-image")
+    image_pool = PreprocessPool(settings.image_workers, "monovl-image", IMAGE_NICENESS)
     remote = RemoteImageFetcher(settings.max_image_bytes) if args.allow_remote_images else None
     fetch_pool = PreprocessPool(settings.remote_fetch_workers, "monovl-fetch") if remote is not None else None
     drain = Drain(args.graceful_timeout)

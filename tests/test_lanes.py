@@ -3,6 +3,8 @@ is admitted and counted like a chat."""
 
 import asyncio
 import functools
+import os
+import threading
 import time
 
 import httpx
@@ -11,6 +13,9 @@ import pytest
 from PIL import Image
 
 from benchmarks.server_process import ServerProcess
+from preprocessing import resize
+from preprocessing.cpu_priority import IMAGE_NICENESS
+from server.preprocess_pool import PreprocessPool
 from tests.hostile import _png, data_url, image_message
 
 USER = [{"role": "user", "content": "hi"}]
@@ -68,3 +73,17 @@ def test_tokenize_counts_against_the_queue(tiny_dir):
     finally:
         server.stop()
     assert statuses.count(503) >= 3 and statuses.count(200) >= 1, statuses
+
+
+def test_image_work_runs_at_a_lower_priority_than_its_process():
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = PreprocessPool(1, "test-image", IMAGE_NICENESS)
+    try:
+        assert asyncio.run(pool.run(niceness)) == min(base + IMAGE_NICENESS, 19)
+    finally:
+        pool.shutdown()
+    assert asyncio.run(PreprocessPool(1, "test-text").run(niceness)) == base
+    assert resize._BANDS.submit(niceness).result() == min(base + IMAGE_NICENESS, 19)
