@@ -3,18 +3,19 @@
 `submit` answers at once with a future; compiles run on daemon threads of their own, so no HTTP
 worker, engine step or process exit waits on one. A spec not cached yet is tried first in a probe
 process (engine/grammar_probe.py) that is killed at the time limit; only a spec that compiled there
-in time is compiled here. A job that waits in the queue past the time limit is refused as busy, so
-every future is answered within about twice the limit (plus the probe's first start). Requests for
-a spec already being compiled share its compile.
+in time is compiled here, which takes about as long again. A job that waits in the queue past the
+time limit is refused as busy, so every future is answered within about three times the limit
+(plus the probe's first start). Requests for a spec already being compiled share its compile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING
 
 from engine.grammar_probe import GrammarProbe
@@ -73,7 +74,7 @@ class GrammarCompiler:
             self._closed = True
             pending, self._pending = list(self._pending.values()), {}
         for future in pending:
-            if not future.done():
+            with contextlib.suppress(InvalidStateError):  # answered by its worker meanwhile
                 future.set_exception(CompilerClosed("the engine is shutting down"))
         for _ in self._threads:
             self._jobs.put(None)
@@ -117,9 +118,8 @@ class GrammarCompiler:
         with self._lock:
             if self._pending.get(spec) is future:
                 del self._pending[spec]
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(compiled)
+        with contextlib.suppress(InvalidStateError):  # answered by shutdown meanwhile
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(compiled)

@@ -32,8 +32,14 @@ _NICENESS = 10
 PROBE_START_TIMEOUT_S = 60.0  # python, torch and xgrammar imported and the vocabulary read
 
 
+class ProbeUnavailable(RuntimeError):
+    """The probe process did not start: the server's fault, not the spec's."""
+
+
 class GrammarProbe:
     """One probe process, started on first use and again after it was killed. One caller at a time."""
+
+    command: tuple[str, ...] = (sys.executable, "-m", "engine.grammar_probe")
 
     def __init__(
         self, vocabulary: Vocabulary, any_whitespace: bool, start_timeout: float = PROBE_START_TIMEOUT_S
@@ -78,7 +84,7 @@ class GrammarProbe:
         self.stop()
         path = os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")]))
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.grammar_probe"],
+            self.command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path},
@@ -90,7 +96,7 @@ class GrammarProbe:
                 raise OSError("no answer")
         except (OSError, EOFError, pickle.UnpicklingError):
             self.stop()
-            raise GrammarError("cannot compile constraints now: the compiler process did not start") from None
+            raise ProbeUnavailable("cannot compile constraints now: the compiler process did not start") from None
         return process
 
 

@@ -14,6 +14,7 @@ from engine.block_pool import BlockPool
 from engine.cuda_graphs import DecodeGraphs
 from engine.detokenizer import TokenDecoder
 from engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
+from engine.grammar_probe import ProbeUnavailable
 from engine.inputs import PromptInputs
 from engine.kv_pool import kv_pool_gib
 from engine.model_runner import ModelRunner, StepLogits
@@ -111,7 +112,7 @@ class RequestError(ValueError):
 
 
 # Codes of refusals that say the server is busy or stopping, not that the request is wrong (503).
-UNAVAILABLE = ("grammar_compiler_busy", "engine_shutting_down")
+UNAVAILABLE = ("grammar_compiler_busy", "grammar_compiler_unavailable", "engine_shutting_down")
 _GRAMMAR_POLL_S = 0.01  # how long a step with nothing to run waits for a grammar
 
 
@@ -121,6 +122,8 @@ def grammar_refusal(error: BaseException) -> RequestError:
         return RequestError("response_format", str(error), error.code)
     if isinstance(error, CompilerBusy):
         return RequestError("response_format", str(error), "grammar_compiler_busy")
+    if isinstance(error, ProbeUnavailable):
+        return RequestError("response_format", str(error), "grammar_compiler_unavailable")
     if isinstance(error, CompilerClosed):
         return RequestError(None, str(error), "engine_shutting_down")
     return RequestError("response_format", f"cannot compile the constraint: {error}", "invalid_grammar")

@@ -2,13 +2,15 @@
 refused compiles, shutdown, and an engine that steps while a request's grammar compiles."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
-from engine.llm_engine import EngineConfig
+from engine.grammar_probe import GrammarProbe, ProbeUnavailable
+from engine.llm_engine import UNAVAILABLE, EngineConfig, grammar_refusal
 from engine.sampling_params import SamplingParams
 from engine.structured_output import (
     GrammarError,
@@ -142,3 +144,15 @@ def test_the_engine_steps_while_a_grammar_compiles_and_a_refused_one_ends_its_re
         assert engine.num_free_blocks == 256
     finally:
         engine.close()
+
+
+def test_a_probe_that_cannot_start_is_the_servers_fault_not_the_specs(vocabulary, monkeypatch):
+    monkeypatch.setattr(GrammarProbe, "command", (sys.executable, "-c", "raise SystemExit(3)"))
+    compiler = GrammarCompiler(Grammars(vocabulary), timeout=5)
+    try:
+        with pytest.raises(ProbeUnavailable, match="did not start"):
+            compiler.submit(small_schema("unstarted")).result(timeout=30)
+        refusal = grammar_refusal(ProbeUnavailable("x"))
+        assert refusal.code == "grammar_compiler_unavailable" and refusal.code in UNAVAILABLE
+    finally:
+        compiler.shutdown()
