@@ -11,6 +11,18 @@ from pydantic import BaseModel
 from server.protocol import ErrorResponse
 
 REF = "#/components/schemas/{model}"
+# Before OpenAPI 3.2 a `text/event-stream` schema describes one event, as a client parses it (each
+# `data` field is a chunk's JSON, or `[DONE]` at the end).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 
 ERRORS = {
     400: "a malformed body or a parameter out of range (`param` names it)",
@@ -37,7 +49,7 @@ def body_docs(request: type[BaseModel], response: type[BaseModel], streams: bool
     success: dict = {"description": "the answer", "model": response}
     if streams:
         success["description"] = f"the answer; with `stream: true`, server-sent events of {response.__name__} chunks"
-        success["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        success["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
     body = {"$ref": REF.format(model=request.__name__)}
     extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
     statuses = (400, 404, 500) if streams else (400, 404)

@@ -72,3 +72,13 @@ def test_no_generated_request_gets_a_5xx(server):
 def test_the_server_is_healthy_with_no_kv_in_use_after(server):
     assert httpx.get(f"{server.url}/health").status_code == 200
     assert server.metric("monovl:kv_cache_usage_perc") == 0
+
+
+def test_a_streamed_answer_conforms_to_the_document(server):
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    operation = schema["/v1/chat/completions"]["POST"]
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+    case = operation.Case(body=body, media_type="application/json")
+    response = case.call(timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream")
+    case.validate_response(response, checks=CHECKS)

@@ -42,7 +42,7 @@ def test_model_first_vllm_metric_names_startup_summary_and_stats_lines(tiny_dir)
     server = ServerProcess(None, str(tiny_dir), "--metrics-prefix", "vllm", "--stats-interval", "0.3")
     try:
         assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == str(tiny_dir)
-        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "ignore_eos": True}
         assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).status_code == 200
         metrics = httpx.get(f"{server.url}/metrics").text
         for name in [
