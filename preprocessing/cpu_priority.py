@@ -16,7 +16,10 @@ IMAGE_NICENESS = 5
 
 
 def lower_priority(niceness: int) -> None:
-    """Run the calling thread at `niceness` more than its process (where the system allows it)."""
+    """Run the calling thread at `niceness` more than its process's main thread (where the system
+    allows it). Relative to the main thread, not to the caller's own: a thread inherits the niceness
+    of the thread that started it, which may be an image thread already."""
     if niceness:
         with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+            main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), main + niceness)

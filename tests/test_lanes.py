@@ -6,6 +6,7 @@ import functools
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from benchmarks.server_process import ServerProcess
 from preprocessing import resize
-from preprocessing.cpu_priority import IMAGE_NICENESS
+from preprocessing.cpu_priority import IMAGE_NICENESS, lower_priority
 from server.preprocess_pool import PreprocessPool
 from tests.hostile import _png, data_url, image_message
 
@@ -79,7 +80,7 @@ def test_image_work_runs_at_a_lower_priority_than_its_process():
     def niceness() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    base = os.getpriority(os.PRIO_PROCESS, 0)
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
     pool = PreprocessPool(1, "test-image", IMAGE_NICENESS)
     try:
         assert asyncio.run(pool.run(niceness)) == min(base + IMAGE_NICENESS, 19)
@@ -87,3 +88,18 @@ def test_image_work_runs_at_a_lower_priority_than_its_process():
         pool.shutdown()
     assert asyncio.run(PreprocessPool(1, "test-text").run(niceness)) == base
     assert resize._BANDS.submit(niceness).result() == min(base + IMAGE_NICENESS, 19)
+    # A band thread started from an image thread (as resize does) is not niced twice.
+    image_pool = PreprocessPool(1, "test-image-bands", IMAGE_NICENESS)
+    try:
+        fresh = asyncio.run(
+            image_pool.run(
+                lambda: (
+                    ThreadPoolExecutor(1, initializer=lower_priority, initargs=(IMAGE_NICENESS,))
+                    .submit(niceness)
+                    .result()
+                )
+            )
+        )
+        assert fresh == min(base + IMAGE_NICENESS, 19)
+    finally:
+        image_pool.shutdown()
