@@ -30,10 +30,27 @@ def generate_json(tiny_dir, *extra: str) -> dict:
     return json.loads(result.stdout)
 
 
+def without_logprob_values(record: dict) -> dict:
+    return {
+        **record,
+        "logprobs": [[entry["token_id"], [i for i, _ in entry["top_logprobs"]]] for entry in record["logprobs"]],
+    }
+
+
+def logprob_values(record: dict) -> list[float]:
+    return [value for entry in record["logprobs"] for _, value in entry["top_logprobs"]]
+
+
 def test_greedy_json_is_deterministic_and_self_consistent(tiny_dir, image_file):
+    """The plain path is bitwise deterministic from run to run. oneDNN's kernels (the CPU's default
+    fast path) may sum in another order in another process, as their buffers' addresses fall: the
+    same tokens, logprobs within float tolerance."""
     args = ("--image", str(image_file), "--prompt", "Describe the image.")
+    plain = ("--fast-path", "none")
+    assert generate_json(tiny_dir, *args, *plain) == generate_json(tiny_dir, *args, *plain)
     first, second = generate_json(tiny_dir, *args), generate_json(tiny_dir, *args)
-    assert first == second
+    assert without_logprob_values(first) == without_logprob_values(second)
+    assert logprob_values(first) == pytest.approx(logprob_values(second), abs=1e-2)
     tok = Tokenizer(tiny_dir)
     assert first["prompt_token_ids"] == tok.encode(first["prompt"])
     assert first["prompt"].count("<IMG_CONTEXT>") == 256 * 3  # 2x1 grid + thumbnail
@@ -57,8 +74,9 @@ def test_tile_cap_and_system_message(tiny_dir, image_file):
 
 def test_seeded_sampling_is_reproducible_and_differs_from_greedy(tiny_dir):
     args = ("--prompt", "Tell me a story.", "--temperature", "1.5", "--seed", "7")
-    sampled = generate_json(tiny_dir, *args)
-    assert sampled == generate_json(tiny_dir, *args)
+    sampled, again = generate_json(tiny_dir, *args), generate_json(tiny_dir, *args)
+    assert without_logprob_values(sampled) == without_logprob_values(again)
+    assert logprob_values(sampled) == pytest.approx(logprob_values(again), abs=1e-2)
     assert sampled["token_ids"] != generate_json(tiny_dir, "--prompt", "Tell me a story.")["token_ids"]
 
 
