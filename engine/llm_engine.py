@@ -47,30 +47,35 @@ class EngineConfig:
         None,
         "GiB for the KV cache (default: room for --max-num-seqs contexts of 8k tokens, at most 90%% of the free "
         "GPU memory, or 2 GiB on the CPU)",
+        positive=True,
     )
     kv_cache_fraction: float | None = setting(
-        None, "instead, this fraction of the memory free after loading (device memory on CUDA, RAM on CPU)"
+        None,
+        "instead, this fraction of the memory free after loading (device memory on CUDA, RAM on CPU)",
+        positive=True,
     )
-    max_num_seqs: int = setting(64, "requests running at once")
+    max_num_seqs: int = setting(64, "requests running at once", minimum=1)
     max_num_batched_tokens: int | None = setting(
-        None, "tokens per step, prefill chunks included (default: 8192 on CUDA, 512 on the CPU)"
+        None, "tokens per step, prefill chunks included (default: 8192 on CUDA, 512 on the CPU)", minimum=1
     )
     max_model_len: int | None = setting(
         None,
         "context limit (default: the config's max_position_embeddings times its RoPE scaling factor, as vLLM "
         "derives it; at most what the KV pool holds)",
+        minimum=1,
     )
     long_prefill_token_threshold: int | None = setting(
         None,
         "most prefill tokens one request takes a step while others run; longer prompts are long (default and 0: "
         "--max-num-batched-tokens, so long prompts are those that need more than one step). Smaller shortens "
         "the steps beside a long prompt, at a cost in throughput (docs/reliability.md)",
+        minimum=0,
     )
     max_num_partial_prefills: int = setting(
-        1, "long prompts that prefill at once; the others wait, shorter ones go past them (vLLM's flag)"
+        1, "long prompts that prefill at once; the others wait, shorter ones go past them (vLLM's flag)", minimum=1
     )
     enable_prefix_caching: bool = setting(True, "turn off the prefix cache", flag="--no-prefix-caching", negate=True)
-    vision_cache_memory: float = setting(0.25, "GiB of cached image embeddings")
+    vision_cache_memory: float = setting(0.25, "GiB of cached image embeddings", minimum=0)
     attention_backend: str = setting(
         "auto",
         "decode attention: the Triton paged kernel (auto: on CUDA) or the torch path",
@@ -84,9 +89,14 @@ class EngineConfig:
         5.0,
         "seconds a structured output's grammar may take to compile; a slower schema is refused as too complex "
         "(400), and a compile that cannot start within it as busy (503)",
+        positive=True,
     )
-    grammar_compile_workers: int = setting(1, "grammars compiled at once, each first tried in a process of its own")
-    grammar_cache_memory: float = setting(0.5, "GiB of compiled grammars kept for reuse (least recently used dropped)")
+    grammar_compile_workers: int = setting(
+        1, "grammars compiled at once, each first tried in a process of its own", minimum=1
+    )
+    grammar_cache_memory: float = setting(
+        0.5, "GiB of compiled grammars kept for reuse (least recently used dropped)", minimum=0
+    )
     json_any_whitespace: bool = setting(
         False,
         "structured JSON outputs may put any whitespace between tokens (vLLM's default); without it, only the "

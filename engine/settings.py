@@ -2,22 +2,51 @@
 
 `monovl serve` derives its options from the fields (`add_arguments`) and builds the configs back
 from the parsed namespace (`from_arguments`), so a default cannot differ between the command line
-and the code that runs without one (tests, benchmarks, `monovl generate`).
+and the code that runs without one (tests, benchmarks, `monovl generate`). A field's range is
+declared with it (`minimum`, or `positive` for more than 0), and a value outside it is refused when
+the command line is parsed: exit 2, naming the flag, before anything loads.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import MISSING, field, fields
 from typing import Any
 
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def setting(default: Any, help: str, *, flag: str | None = None, negate: bool = False, choices=None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    negate: bool = False,
+    choices=None,
+    minimum: float | None = None,
+    positive: bool = False,
+) -> Any:
     """A field with a command-line option. `negate`: a True default that the flag turns off
-    (`--enforce-eager` for `cuda_graphs`)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "negate": negate, "choices": choices})
+    (`--enforce-eager` for `cuda_graphs`). `minimum` (inclusive) or `positive` (more than 0): the
+    values the option accepts."""
+    metadata = {"help": help, "flag": flag, "negate": negate, "choices": choices}
+    return field(default=default, metadata={**metadata, "minimum": minimum, "positive": positive})
+
+
+def in_range(kind: type, minimum: float | None = None, positive: bool = False) -> Callable[[str], Any]:
+    """An argparse `type` that parses with `kind` and refuses what is below the range (NaN too)."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        if minimum is not None and not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _flag(f) -> str:
@@ -35,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser, config: type) -> None:
             parser.add_argument(_flag(f), dest=f.name, action="store_true", default=f.default, help=meta["help"])
         else:
             kind = _TYPES[f.type.removesuffix(" | None")]
+            if meta["minimum"] is not None or meta["positive"]:
+                kind = in_range(kind, meta["minimum"], meta["positive"])
             shown = "" if f.default is None else f" (default: {f.default})"
             parser.add_argument(
                 _flag(f), dest=f.name, type=kind, default=f.default, choices=meta["choices"], help=meta["help"] + shown

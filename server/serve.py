@@ -16,7 +16,7 @@ from engine.async_engine import AsyncEngine
 from engine.engine_process import EngineProcess
 from engine.llm_engine import EngineConfig
 from engine.output_processor import OutputProcessor
-from engine.settings import add_arguments, from_arguments
+from engine.settings import add_arguments, from_arguments, in_range
 from model.config import ModelConfig
 from preprocessing.checkpoint import build_engine, checkpoint_directory
 from preprocessing.cpu_priority import IMAGE_NICENESS
@@ -49,22 +49,28 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--graceful-timeout",
-        type=float,
+        type=in_range(float, minimum=0),
         default=float(os.environ.get("MONOVL_GRACEFUL_TIMEOUT", 30.0)),
         help="seconds to finish work on SIGTERM; responses still open then end with an error event or a 503 "
         "(or MONOVL_GRACEFUL_TIMEOUT; keep it below the container's stop timeout)",
     )
     parser.add_argument(
-        "--header-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers (408)"
+        "--header-timeout",
+        type=in_range(float, positive=True),
+        default=10.0,
+        help="seconds a client has to send a request's headers (408)",
     )
     parser.add_argument(
         "--max-header-bytes",
-        type=int,
+        type=in_range(int, minimum=1),
         default=MAX_HEADER_BYTES,
         help="bytes of a request's line and headers together (431 beyond)",
     )
     parser.add_argument(
-        "--max-header-count", type=int, default=MAX_HEADER_COUNT, help="header fields one request may carry (431)"
+        "--max-header-count",
+        type=in_range(int, minimum=1),
+        default=MAX_HEADER_COUNT,
+        help="header fields one request may carry (431)",
     )
     parser.add_argument(
         "--metrics-prefix",

@@ -22,32 +22,38 @@ class ServerSettings:
     served_model_name: str
     model_path: str
     api_key: str | None = None
-    max_images_per_request: int = setting(8, "images one request may carry")
-    max_image_tiles: int = setting(12, "tile cap per image (a request's max_num_tiles may ask for fewer)")
+    max_images_per_request: int = setting(8, "images one request may carry", minimum=0)
+    max_image_tiles: int = setting(12, "tile cap per image (a request's max_num_tiles may ask for fewer)", minimum=1)
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
     max_body_values: int = setting(
         DEFAULT_MAX_VALUES,
         "JSON values a request body may hold, counted by its commas (413 beyond; each costs event-loop time)",
+        minimum=1,
     )
-    body_timeout: float = setting(30.0, "seconds a request body may pause between chunks (408)")
-    max_queue: int = setting(256, "completions in flight (a request counts as its prompts x n) before 503")
-    max_request_sequences: int = setting(128, "completions one request may ask for, prompts x n (400 beyond)")
+    body_timeout: float = setting(30.0, "seconds a request body may pause between chunks (408)", positive=True)
+    max_queue: int = setting(256, "completions in flight (a request counts as its prompts x n) before 503", minimum=1)
+    max_request_sequences: int = setting(
+        128, "completions one request may ask for, prompts x n (400 beyond)", minimum=1
+    )
     max_echo_logprobs: int = setting(
         500_000,
         "prompt logprobs an echo may return in all: prompt tokens x (logprobs + 1) x n over its prompts (400 beyond)",
+        minimum=0,
     )
     allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = setting(
-        2, "threads that render and tokenize the prompts of requests without images (their own lane)"
+        2, "threads that render and tokenize the prompts of requests without images (their own lane)", minimum=1
     )
     image_workers: int = setting(
-        2, "threads that decode and tile images and tokenize the prompts of requests with images"
+        2, "threads that decode and tile images and tokenize the prompts of requests with images", minimum=1
     )
     remote_fetch_workers: int = setting(
-        8, "threads that fetch http(s) images with --allow-remote-images (they wait on the network, not the CPU)"
+        8,
+        "threads that fetch http(s) images with --allow-remote-images (they wait on the network, not the CPU)",
+        minimum=1,
     )
-    stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy")
+    stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy", minimum=0)
     engine_process: bool = setting(
         True,
         "run the engine on a thread of the server's process, not in a process of its own (the GIL is then shared)",

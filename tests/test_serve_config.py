@@ -61,3 +61,48 @@ def test_kv_pool_explicit_gib_fraction_and_default(tiny_model):
     assert kv_pool_gib(config, tiny_model) == pytest.approx(4 * 8192 * 512 / 2**30)
     with pytest.raises(ValueError, match="between 0 and 1"):
         kv_pool_gib(dataclasses.replace(config, kv_cache_fraction=1.5), tiny_model)
+
+
+IMPOSSIBLE = [
+    ("--max-num-seqs", "0"),
+    ("--max-num-seqs", "-3"),
+    ("--kv-cache-memory", "-1"),
+    ("--kv-cache-memory", "0"),
+    ("--kv-cache-fraction", "0"),
+    ("--max-model-len", "0"),
+    ("--max-num-batched-tokens", "0"),
+    ("--long-prefill-token-threshold", "-1"),
+    ("--max-num-partial-prefills", "0"),
+    ("--grammar-compile-timeout", "nan"),
+    ("--grammar-compile-workers", "0"),
+    ("--max-image-tiles", "0"),
+    ("--max-images-per-request", "-1"),
+    ("--body-timeout", "-1"),
+    ("--max-queue", "-1"),
+    ("--max-request-sequences", "0"),
+    ("--max-body-values", "0"),
+    ("--preprocess-workers", "0"),
+    ("--image-workers", "0"),
+    ("--stats-interval", "-1"),
+    ("--graceful-timeout", "-5"),
+    ("--header-timeout", "0"),
+    ("--max-header-bytes", "0"),
+    ("--max-header-count", "-1"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value"), IMPOSSIBLE)
+def test_an_impossible_setting_exits_2_naming_its_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["serve", flag, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"argument {flag}: must be" in error and value in error, error
+
+
+def test_the_edges_of_each_range_are_taken():
+    args = parse_args(
+        ["serve", "--long-prefill-token-threshold", "0", "--max-images-per-request", "0", "--stats-interval", "0"]
+    )
+    assert (args.long_prefill_token_threshold, args.max_images_per_request, args.stats_interval) == (0, 0, 0.0)
+    assert parse_args(["serve", "--graceful-timeout", "0", "--max-num-seqs", "1"]).max_num_seqs == 1
