@@ -18,7 +18,10 @@ class ImageTooLarge(ImageError):
     """An image over the pixel limit, found from its header before decoding."""
 
 
-def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """The first frame as RGB (alpha dropped, not composited), as the reference's convert('RGB')."""
     if not data:
         raise ImageError("image is empty")

@@ -9,13 +9,13 @@ from pathlib import Path
 from engine.inputs import ImageInput, PromptInputs
 from model.config import ModelConfig
 from preprocessing.chat_template import IMG_CONTEXT, STOP_TOKENS, ChatMessage, ImagePart, render_prompt
-from preprocessing.image_decode import decode_image
+from preprocessing.image_decode import MAX_IMAGE_PIXELS, decode_image
 from preprocessing.tiling import tile_image, tiles_to_pixels
 from preprocessing.tokenizer import Tokenizer
 
 
 class Preprocessor:
-    def __init__(self, checkpoint_dir: Path, config: ModelConfig, max_image_pixels: int = 64_000_000) -> None:
+    def __init__(self, checkpoint_dir: Path, config: ModelConfig, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.config = config
         self.tokenizer = Tokenizer(checkpoint_dir)
         self.max_image_pixels = max_image_pixels

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+GRACEFUL_TIMEOUT_S = 30.0
+
 
 class Drain:
     """Whether the server has stopped taking work, and an event set when open responses must end."""
 
-    def __init__(self, graceful_timeout: float) -> None:
+    def __init__(self, graceful_timeout: float = GRACEFUL_TIMEOUT_S) -> None:
         self.graceful_timeout = graceful_timeout
         self.draining = False
         self.deadline = asyncio.Event()

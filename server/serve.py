@@ -22,7 +22,7 @@ from preprocessing.checkpoint import build_engine, checkpoint_directory
 from preprocessing.cpu_priority import IMAGE_NICENESS
 from preprocessing.processor import Preprocessor
 from server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
-from server.drain import Drain
+from server.drain import GRACEFUL_TIMEOUT_S, Drain
 from server.metrics import PREFIXES, Metrics
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
@@ -50,7 +50,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--graceful-timeout",
         type=in_range(float, minimum=0),
-        default=float(os.environ.get("MONOVL_GRACEFUL_TIMEOUT", 30.0)),
+        default=float(os.environ.get("MONOVL_GRACEFUL_TIMEOUT", GRACEFUL_TIMEOUT_S)),
         help="seconds to finish work on SIGTERM; responses still open then end with an error event or a 503 "
         "(or MONOVL_GRACEFUL_TIMEOUT; keep it below the container's stop timeout)",
     )

@@ -73,7 +73,7 @@ class ServerState:
     max_model_len: int
     remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused
     fetch_pool: PreprocessPool | None = None  # the remote fetches' own threads
-    drain: Drain = field(default_factory=lambda: Drain(graceful_timeout=30.0))
+    drain: Drain = field(default_factory=Drain)
     in_flight: int = 0
 
     @property
