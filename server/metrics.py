@@ -12,6 +12,7 @@ from engine.outputs import RequestOutput
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 PREFIXES = ("monovl", "vllm")
+FINISH_REASONS = ("stop", "length", "abort", "error")  # `request_success`'s labels, as vLLM's
 
 
 class Metrics:
@@ -63,6 +64,15 @@ class Metrics:
         self._prompt_len = histogram("request_prompt_tokens", "Prompt tokens per request", TOKEN_BUCKETS)
         self._output_len = histogram("request_generation_tokens", "Tokens generated per completion", TOKEN_BUCKETS)
         self.model_name = model_name
+        # Every series exists at 0 from the start (as vLLM's), so rate() and alerts see a fresh replica.
+        for family in (self.prompt_tokens, self.generation_tokens, self.prefix_cache_hits, self.prefix_cache_queries):
+            family.labels(model_name)
+        for family in (self._queue, self._prefill, self._decode, self._inference, self._tpot):
+            family.labels(model_name)
+        for family in (self._max_tokens, self._prompt_len, self._output_len):
+            family.labels(model_name)
+        for reason in FINISH_REASONS:
+            self.request_success.labels(model_name, reason)
         self.time_to_first_token = self._ttft.labels(model_name)
         self.inter_token_latency = self._itl.labels(model_name)
         self.e2e_request_latency = self._e2e.labels(model_name)
