@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from model.config import ModelConfig
@@ -80,11 +80,22 @@ def weight_files(checkpoint_dir: Path) -> list[Path]:
     raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {checkpoint_dir}")
 
 
-def _checkpoint_tensors(files: list[Path], stack: ExitStack) -> Iterator[tuple[str, object]]:
+def _checkpoint_tensors(files: list[Path], stack: ExitStack) -> Iterator[tuple[str, object, Path]]:
     for path in files:
-        handle = stack.enter_context(safe_open(str(path), framework="pt"))
+        with _unreadable(path):
+            handle = stack.enter_context(safe_open(str(path), framework="pt"))
         for name in handle.keys():  # noqa: SIM118 (safe_open is not a Mapping)
-            yield name, handle
+            yield name, handle, path
+
+
+@contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    """A shard that cannot be read (truncated, corrupt, no permission) as a CheckpointError naming it."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise CheckpointError(f"cannot read the weights in {path}: {reason}") from None
 
 
 def load_model(
@@ -98,12 +109,15 @@ def load_model(
         model = MonoInternVL(config, fast)
     expected = {name: p.shape for name, p in model.state_dict().items()}
     with ExitStack() as stack:
-        sources = dict(_checkpoint_tensors(weight_files(checkpoint_dir), stack))
-        shapes = {name: torch.Size(handle.get_slice(name).get_shape()) for name, handle in sources.items()}
+        sources = {
+            name: (handle, path) for name, handle, path in _checkpoint_tensors(weight_files(checkpoint_dir), stack)
+        }
+        shapes = {name: torch.Size(handle.get_slice(name).get_shape()) for name, (handle, _) in sources.items()}
         _check_names_and_shapes(expected, shapes)
         state = {}
-        for name, handle in sources.items():
-            state[name] = handle.get_tensor(name).to(device=device, dtype=dtype)
+        for name, (handle, path) in sources.items():
+            with _unreadable(path):
+                state[name] = handle.get_tensor(name).to(device=device, dtype=dtype)
         model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
     model.lay_out_weights()

@@ -65,6 +65,28 @@ def test_missing_shard_and_missing_weights(tiny_dir, tmp_path):
         load_model(copy, torch.float32, CPU)
 
 
+@pytest.mark.parametrize("cut", [5, 0.5])
+def test_a_truncated_shard_is_named_with_the_reason(tiny_dir, tmp_path, cut):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    shard = copy / "model-00002-of-00002.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: cut if isinstance(cut, int) else int(len(data) * cut)])
+    with pytest.raises(CheckpointError, match=rf"cannot read the weights in {shard}: .*header"):
+        load_model(copy, torch.float32, CPU)
+
+
+def test_a_truncated_shard_exits_2_with_one_line(tiny_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    shard = copy / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    command = [sys.executable, "-m", "server.cli", "generate", "--model", str(copy), "--prompt", "x"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot read the weights in {shard}" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_dtypes():
     assert parse_dtype("auto", CPU) == torch.float32
     assert parse_dtype("auto", torch.device("cuda")) == torch.bfloat16
