@@ -1,9 +1,10 @@
 """A process that tries a grammar's compile and is killed when it runs past its time limit.
 
-xgrammar's compile cannot be interrupted, and a spec of a few kilobytes (a 100,000-item enum, an
-object of thousands of optional properties) can take minutes and hundreds of MB. The compiled
-grammar has to live in the engine's process (its serialized form is far larger than it is in
-memory, and slower to read than to compile), so a new spec is compiled here first: if it compiles
+xgrammar's compile cannot be interrupted, and a small spec (a long enum, an object of many optional
+properties) can compile for longer than any request should wait, in hundreds of MB
+(`python -m benchmarks.grammar_memory --large` times some; docs/reliability.md has the figures).
+The compiled grammar has to live in the engine's process (its serialized form is larger than it is
+in memory, and slower to read than to compile), so a new spec is compiled here first: if it compiles
 within the limit, the engine compiles it again, knowing the cost is bounded; if not, this process is
 killed and the spec refused. It runs at a lower CPU priority than the serving processes, dies with
 its parent, and talks over its stdin and stdout (pickles; anything the compiler prints goes to
@@ -34,6 +35,8 @@ PROBE_START_TIMEOUT_S = 60.0  # python, torch and xgrammar imported and the voca
 
 class ProbeUnavailable(RuntimeError):
     """The probe process did not start: the server's fault, not the spec's."""
+
+    code = "grammar_compiler_unavailable"
 
 
 class GrammarProbe:

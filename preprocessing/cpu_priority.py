@@ -1,7 +1,7 @@
 """Image work at a lower CPU priority than text requests and the engine.
 
-Decoding and tiling a large image keeps a core busy for a second or more; on a machine with few
-cores, text chats and the engine's steps would wait for it. Linux schedules each thread on its
+Decoding and tiling a large image keeps a core busy for as long as its pixels take; on a machine
+with few cores, text chats and the engine's steps would wait for it. Linux schedules each thread on its
 own, so the threads that do image work (the server's image lane and the resize bands) run at
 `IMAGE_NICENESS` above the process: they take the CPU whenever nothing else wants it.
 """

@@ -6,8 +6,9 @@ own), and its parser raises RecursionError on deep nesting. Each of these is ref
 naming where it is, before any other work.
 
 Parsing and validating a body runs on the event loop and holds the GIL throughout (a thread would
-not free the loop): its cost grows with the number of values, not bytes, and 64 MB of small
-numbers or tiny messages would stop every other request for seconds. So a body may hold at most
+not free the loop): its cost grows with the number of values, not bytes, and a body under the byte
+limit can hold millions of small numbers or tiny messages (`python -m benchmarks.body_parse` times
+them). So a body may hold at most
 `max_values` values, counted by its commas before parsing (a string's commas count too: a
 bound from above, in one pass at memory speed).
 """

@@ -5,10 +5,11 @@ requests side by side with plain chats, against real servers.
 
 On the demo-sized tiny checkpoint, with the default flags but `--grammar-cache-memory` (small, so
 the bound shows within a few minutes): for `--seconds`, at once and over and over, two new slow
-schemas (2,000 optional properties, past the 5 s compile limit), the echo request of 4,000 prompt
-ids with logprobs 20 and n 128 (refused) and the largest echo the limit lets through, a header of
-8 MB, and eight 64-megapixel images through `/tokenize`; meanwhile a short plain chat every half
-second, each timed. Resident memory of the server and its children before, at the peak and after.
+schemas (2,000 optional properties: past the compile limit, `benchmarks.grammar_memory --large`),
+the echo request of 4,000 prompt ids with logprobs 20 and n 128 (refused) and the largest echo the
+limit lets through, a header of 8 MB, and eight 64-megapixel images through `/tokenize`;
+meanwhile a short plain chat every half second, each timed. Resident memory of the server and its
+children before, at the peak and after.
 Then `--schemas` unique schemas one after another (the engine core's memory against the cache
 limit), and SIGTERM to a server compiling a 100,000-item enum.
 """

@@ -42,9 +42,9 @@ def logprob_values(record: dict) -> list[float]:
 
 
 def test_greedy_json_is_deterministic_and_self_consistent(tiny_dir, image_file):
-    """The plain path is bitwise deterministic from run to run. oneDNN's kernels (the CPU's default
-    fast path) may sum in another order in another process, as their buffers' addresses fall: the
-    same tokens, logprobs within float tolerance."""
+    """The plain path is bitwise deterministic from run to run. With oneDNN's kernels (the CPU's
+    default fast path) a process now and then sums differently in the last bits
+    (`python -m benchmarks.run_to_run`): the same tokens, logprobs within float tolerance."""
     args = ("--image", str(image_file), "--prompt", "Describe the image.")
     plain = ("--fast-path", "none")
     assert generate_json(tiny_dir, *args, *plain) == generate_json(tiny_dir, *args, *plain)

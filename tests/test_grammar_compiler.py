@@ -26,7 +26,7 @@ from tests.engine_helpers import mixed_workload
 
 
 def optional_properties(count: int, prefix: str = "p") -> StructuredOutput:
-    """An object of many optional integer properties: slow to compile (seconds for thousands)."""
+    """An object of many optional integer properties: slower to compile the more it has."""
     properties = {f"{prefix}{i}": {"type": "integer"} for i in range(count)}
     return StructuredOutput.json_schema({"type": "object", "properties": properties})
 

@@ -14,7 +14,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 
 def slow_schema(tag: str, count: int = 4000) -> dict:
-    """Thousands of optional properties: seconds to compile; `tag` makes each one new to the cache."""
+    """Thousands of optional properties: past a 1 s compile limit; `tag` makes each one new to the cache."""
     properties = {f"{tag}_{i}": {"type": "integer"} for i in range(count)}
     return {
         "type": "json_schema",

@@ -119,7 +119,8 @@ def test_two_servers_on_one_port_one_serves_and_the_other_exits_2(tiny_dir):
 
 
 def test_a_body_of_millions_of_small_values_is_refused_before_parsing(server):
-    """60 MB of token ids or tiny messages would hold the event loop for seconds while parsed."""
+    """60 MB of token ids or tiny messages would hold the event loop while parsed
+    (`python -m benchmarks.body_parse`)."""
     ids = b'{"prompt": [' + b"1," * (30 * 2**20) + b"1]}"
     message = b'{"role": "user", "content": "a"}'
     messages = b'{"messages": [' + b",".join([message] * (1800 * 1024)) + b"]}"

@@ -24,7 +24,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 @functools.cache
 def large_image() -> bytes:
-    """Just under the 64-megapixel limit, in a PNG that stays small: seconds to decode and tile."""
+    """Just under the 64-megapixel limit, in a PNG that stays small: long to decode and tile."""
     gradient = np.linspace(0, 255, 8000, dtype=np.uint8)
     pixels = np.stack([np.broadcast_to(gradient, (7990, 8000))] * 3, axis=-1)
     return _png(Image.fromarray(np.ascontiguousarray(pixels)), compress_level=1)
