@@ -30,9 +30,13 @@ log = logging.getLogger(__name__)
 class CompilerBusy(RuntimeError):
     """The compile did not start within its time limit: others filled the compiler."""
 
+    code = "grammar_compiler_busy"
+
 
 class CompilerClosed(RuntimeError):
     """The engine is shutting down."""
+
+    code = "engine_shutting_down"
 
 
 class GrammarCompiler:

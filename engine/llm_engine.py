@@ -25,7 +25,7 @@ from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
 from engine.settings import setting
-from engine.structured_output import GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
+from engine.structured_output import CACHE_GIB, GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
 from engine.vision_cache import VisionCache
 from model.forward_batch import KVCache
 from model.mono_internvl import MonoInternVL
@@ -95,7 +95,7 @@ class EngineConfig:
         1, "grammars compiled at once, each first tried in a process of its own", minimum=1
     )
     grammar_cache_memory: float = setting(
-        0.5, "GiB of compiled grammars kept for reuse (least recently used dropped)", minimum=0
+        CACHE_GIB, "GiB of compiled grammars kept for reuse (least recently used dropped)", minimum=0
     )
     json_any_whitespace: bool = setting(
         False,
@@ -122,21 +122,16 @@ class RequestError(ValueError):
 
 
 # Codes of refusals that say the server is busy or stopping, not that the request is wrong (503).
-UNAVAILABLE = ("grammar_compiler_busy", "grammar_compiler_unavailable", "engine_shutting_down")
+UNAVAILABLE = (CompilerBusy.code, ProbeUnavailable.code, CompilerClosed.code)
 _GRAMMAR_POLL_S = 0.01  # how long a step with nothing to run waits for a grammar
 
 
 def grammar_refusal(error: BaseException) -> RequestError:
-    """A grammar compile's failure as the request's error."""
-    if isinstance(error, GrammarError):
-        return RequestError("response_format", str(error), error.code)
-    if isinstance(error, CompilerBusy):
-        return RequestError("response_format", str(error), "grammar_compiler_busy")
-    if isinstance(error, ProbeUnavailable):
-        return RequestError("response_format", str(error), "grammar_compiler_unavailable")
-    if isinstance(error, CompilerClosed):
-        return RequestError(None, str(error), "engine_shutting_down")
-    return RequestError("response_format", f"cannot compile the constraint: {error}", "invalid_grammar")
+    """A grammar compile's failure as the request's error, by the code its exception carries."""
+    code = getattr(error, "code", None)
+    if code is None:  # not one of the compiler's own errors
+        return RequestError("response_format", f"cannot compile the constraint: {error}", GrammarError.code)
+    return RequestError(None if code == CompilerClosed.code else "response_format", str(error), code)
 
 
 def check_context(max_model_len: int, num_prompt_tokens: int | None, max_tokens: int | None) -> None:
@@ -291,18 +286,15 @@ class LLMEngine:
         self.limits.check(prompt.num_tokens, params)
         if params.max_tokens is None:  # as vLLM: the rest of the context
             params = replace(params, max_tokens=self.max_model_len - prompt.num_tokens)
-        compiled = None
+        compiling = None
         if params.structured_output is not None and self.grammar_compiler is not None:
             compiling = self.grammar_compiler.submit(params.structured_output)
-            if not compiling.done():
-                self.awaiting_grammar[request_id] = (compiling, prompt, params)
-                if self.text is not None:
-                    self.text.add(request_id, params)
-                return
-            if compiling.exception() is not None:
+            if compiling.done() and compiling.exception() is not None:
                 raise grammar_refusal(compiling.exception())
-            compiled = compiling.result()
-        self._admit(request_id, prompt, params, compiled)
+        if compiling is not None and not compiling.done():
+            self.awaiting_grammar[request_id] = (compiling, prompt, params)
+        else:
+            self._admit(request_id, prompt, params, compiling.result() if compiling is not None else None)
         if self.text is not None:
             self.text.add(request_id, params)
 
@@ -347,7 +339,7 @@ class LLMEngine:
                 self._admit(request_id, prompt, params, compiling.result())
                 continue
             message = str(grammar_refusal(error))
-            outputs += [_refused(request_id, index, prompt.num_tokens, message) for index in range(params.n)]
+            outputs += [_error_output(request_id, index, prompt.num_tokens, message) for index in range(params.n)]
         return outputs
 
     def abort_request(self, request_id: str, index: int | None = None) -> None:
@@ -492,18 +484,13 @@ class LLMEngine:
         """End a request whose step failed; its output touches nothing that may have failed."""
         request.finish("error", error)
         self._retire(request)
-        return RequestOutput(
-            request_id=request.request_id,
-            index=request.index,
-            new_token_ids=[],
-            new_text="",
-            new_logprobs=[],
-            finished=True,
-            finish_reason="error",
-            num_prompt_tokens=request.num_prompt_tokens,
-            num_output_tokens=request.num_output_tokens,
-            num_cached_tokens=request.num_cached_tokens,
-            error=error,
+        return _error_output(
+            request.request_id,
+            request.index,
+            request.num_prompt_tokens,
+            error,
+            request.num_output_tokens,
+            request.num_cached_tokens,
         )
 
     def _retire(self, request: Request) -> None:
@@ -571,8 +558,15 @@ class LLMEngine:
         return self.block_pool.num_free
 
 
-def _refused(request_id: str, index: int, num_prompt_tokens: int, error: str) -> RequestOutput:
-    """The output of a completion that never ran: its grammar did not compile."""
+def _error_output(
+    request_id: str,
+    index: int,
+    num_prompt_tokens: int,
+    error: str,
+    num_output_tokens: int = 0,
+    num_cached_tokens: int = 0,
+) -> RequestOutput:
+    """The last output of a completion that failed (or, its grammar refused, never ran)."""
     return RequestOutput(
         request_id=request_id,
         index=index,
@@ -582,7 +576,7 @@ def _refused(request_id: str, index: int, num_prompt_tokens: int, error: str) ->
         finished=True,
         finish_reason="error",
         num_prompt_tokens=num_prompt_tokens,
-        num_output_tokens=0,
-        num_cached_tokens=0,
+        num_output_tokens=num_output_tokens,
+        num_cached_tokens=num_cached_tokens,
         error=error,
     )

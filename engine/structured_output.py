@@ -45,6 +45,7 @@ class StructuredOutput:
 # out the grammar's own structures and the allocator's), rounded up; benchmarks/grammar_memory.py
 # measures it. The cache counts grammars at this size, so its bound holds for the process's memory.
 RESIDENT_PER_COUNTED_BYTE = 1.4
+CACHE_GIB = 0.5  # compiled grammars kept, as vLLM's default
 
 
 class GrammarError(ValueError):
@@ -77,7 +78,9 @@ class Grammars:
 
     Thread-safe. xgrammar's own cache is off, so this one bounds what compiled grammars hold."""
 
-    def __init__(self, vocabulary: Vocabulary, any_whitespace: bool = False, cache_bytes: int = 512 * 2**20) -> None:
+    def __init__(
+        self, vocabulary: Vocabulary, any_whitespace: bool = False, cache_bytes: int = int(CACHE_GIB * 2**30)
+    ) -> None:
         self.vocabulary = vocabulary
         # Compact JSON by default: free whitespace lets a weak model pad forever inside the grammar.
         self.any_whitespace = any_whitespace

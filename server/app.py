@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
@@ -100,7 +100,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions", **openapi.body_docs(ChatCompletionRequest, ChatCompletion, streams=True))
     async def chat_completions(request: Request) -> Response:
-        body = await _parse_body(request, ChatCompletionRequest)
+        body = await _parse_body(request, ChatCompletionRequest, state)
 
         def answer(prepared: chat.Prepared, request_id: str) -> AsyncIterator[str] | Awaitable[BaseModel]:
             if body.stream:
@@ -111,7 +111,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/completions", **openapi.body_docs(CompletionRequest, Completion, streams=True))
     async def completions(request: Request) -> Response:
-        body = await _parse_body(request, CompletionRequest)
+        body = await _parse_body(request, CompletionRequest, state)
 
         def answer(
             prepared: text_completions.PreparedCompletion, request_id: str
@@ -125,14 +125,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/tokenize", **openapi.body_docs(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
-        body = await _parse_body(request, TokenizeRequest)
-        answer = await _counted(state, lambda: race(tokenization.tokenize(state, body), request.receive, state.drain))
+        body = await _parse_body(request, TokenizeRequest, state)
+        admit(state)
+        with _counted(state):
+            answer = await race(tokenization.tokenize(state, body), request.receive, state.drain)
         return JSONResponse(answer.model_dump())
 
     @app.post("/detokenize", **openapi.body_docs(DetokenizeRequest, DetokenizeResponse))
     async def detokenize(request: Request) -> Response:
-        body = await _parse_body(request, DetokenizeRequest)
-        answer = await _counted(state, lambda: race(tokenization.detokenize(state, body), request.receive, state.drain))
+        body = await _parse_body(request, DetokenizeRequest, state)
+        admit(state)
+        with _counted(state):
+            answer = await race(tokenization.detokenize(state, body), request.receive, state.drain)
         return JSONResponse(answer.model_dump())
 
 
@@ -151,8 +155,7 @@ async def _generate(
     except APIError:
         preparing.close()
         raise
-    state.in_flight += sequences
-    try:
+    with _counted(state, sequences):
         # Everything is refused before the response starts, so a stream fails as a plain request does.
         prepared = await race(preparing, request.receive, state.drain)
         result = answer(prepared, request_id)
@@ -165,8 +168,6 @@ async def _generate(
             return EventStream(result, state.drain, error_event(shutting_down()), ended)
         body = await race(result, request.receive, state.drain)
         return body if isinstance(body, Response) else JSONResponse(body.model_dump())
-    finally:
-        state.in_flight -= sequences
 
 
 def admit(state: ServerState, sequences: int = 1) -> None:
@@ -192,18 +193,18 @@ def admit(state: ServerState, sequences: int = 1) -> None:
         )
 
 
-async def _counted(state: ServerState, work: Callable[[], Awaitable[T]]) -> T:
-    """`work()` (preprocessing without generating) admitted and counted in flight like a generation."""
-    admit(state)
-    state.in_flight += 1
+@contextmanager
+def _counted(state: ServerState, sequences: int = 1) -> Iterator[None]:
+    """`sequences` in flight against `--max-queue` while the block runs."""
+    state.in_flight += sequences
     try:
-        return await work()
+        yield
     finally:
-        state.in_flight -= 1
+        state.in_flight -= sequences
 
 
-async def _parse_body(request: Request, model: type[T]) -> T:
-    data = parse_json_object(await request.body(), request.app.state.monovl.settings.max_body_values)
+async def _parse_body(request: Request, model: type[T], state: ServerState) -> T:
+    data = parse_json_object(await request.body(), state.settings.max_body_values)
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -45,9 +45,8 @@ class CompletionRequest(SamplingRequest):
 
     @property
     def num_prompts(self) -> int:
-        """Engine requests this asks for (before n): one per string of a list, else one."""
-        prompt = self.prompt
-        return len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else 1
+        """Engine requests this asks for (before n)."""
+        return len(_prompts(self))
 
     @field_validator("prompt", mode="before")
     @classmethod

@@ -74,7 +74,7 @@ async def compile_constraint(state: ServerState, params: SamplingParams, constra
             code="grammar_compiler_busy",
         ) from None
     except EngineDeadError:
-        raise APIError(503, "the engine stopped", "server_error", code="engine_dead") from None
+        raise engine_dead() from None
 
 
 def check(limits: RequestLimits, num_prompt_tokens: int | None, params: SamplingParams, prompt_param: str) -> None:
@@ -133,6 +133,10 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
     return text, list(text.encode())
 
 
+def engine_dead() -> APIError:
+    return APIError(503, "the engine stopped; the server is restarting", "server_error", code="engine_dead")
+
+
 def error_event(error: APIError) -> str:
     return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"
 
@@ -149,9 +153,7 @@ async def outputs(
     except RequestError as e:
         raise bad_request(str(e), e.param, e.code) from None
     except EngineDeadError:
-        raise APIError(
-            503, "the engine stopped; the server is restarting", "server_error", code="engine_dead"
-        ) from None
+        raise engine_dead() from None
     except EngineNotAnswering as e:
         raise APIError(503, str(e), "server_error", code="engine_not_answering") from None
     finally:
