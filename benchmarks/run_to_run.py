@@ -2,8 +2,8 @@
 
     python -m benchmarks.run_to_run [--runs 16] [--fast-path auto] [--perturb 77] [--no-aslr]
 
-Runs the greedy image chat of tests/test_generate_cli.py (the test suite's tiny checkpoint, a
-900x400 picture) `--runs` times, each in a new process, with glibc's `MALLOC_PERTURB_` set (heap
+Runs a greedy image chat as tests/test_generate_cli.py does (the test suite's tiny checkpoint, a
+900x400 picture of noise) `--runs` times, each in a new process, with glibc's `MALLOC_PERTURB_` set (heap
 contents then differ from run to run) and, with `--no-aslr`, address randomization off
 (`setarch -R`); prints each distinct first-token logprob with how many runs gave it.
 """
@@ -19,9 +19,11 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from benchmarks.engine_bench import machine
 from preprocessing.tiny_checkpoint import make_tiny_checkpoint
-from tests.conftest import png_bytes
 
 
 def main() -> None:
@@ -34,7 +36,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     checkpoint = make_tiny_checkpoint(work / "tiny")
     image = work / "wide.png"
-    image.write_bytes(png_bytes(900, 400, seed=5))
+    pixels = np.random.default_rng(5).integers(0, 256, (400, 900, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
     command = [sys.executable, "-m", "server.cli", "generate", "--model", str(checkpoint), "--json"]
     command += ["--max-tokens", "12", "--image", str(image), "--prompt", "Describe the image."]
     command += ["--fast-path", args.fast_path]
