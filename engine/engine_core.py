@@ -38,11 +38,14 @@ from engine.llm_engine import LLMEngine, RequestError
 log = logging.getLogger(__name__)
 
 
-def run_core(build: Callable[[], LLMEngine], conn: Connection, log_level: str, log_format: str) -> None:
+def run_core(build: Callable[[], LLMEngine], conn: Connection, configure_logging: Callable[[], None] | None) -> None:
     """The engine process's main function (a `multiprocessing` target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level.upper(), format=log_format)
+    if configure_logging is not None:
+        configure_logging()
+    else:
+        logging.basicConfig(level=logging.INFO)
     pipe = Pipe(conn)
     try:
         engine = build()

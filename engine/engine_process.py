@@ -53,15 +53,15 @@ class EngineProcess:
         self,
         build: Callable[[], LLMEngine],
         text: OutputProcessor,
-        log_level: str = "info",
-        log_format: str = "%(message)s",
+        configure_logging: Callable[[], None] | None = None,
     ) -> None:
         """`build` is pickled to the new process (spawned, not forked: torch's threads do not survive a
-        fork); the engine it builds sends token ids only (`detokenize=False`), whose text `text` makes."""
+        fork); the engine it builds sends token ids only (`detokenize=False`), whose text `text` makes.
+        `configure_logging`, pickled too, sets up the new process's log lines as the server's."""
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe(duplex=True)
         self._process = context.Process(
-            target=run_core, args=(build, child, log_level, log_format), name="monovl-engine", daemon=True
+            target=run_core, args=(build, child, configure_logging), name="monovl-engine", daemon=True
         )
         self._child_end = child
         self._pipe = Pipe(self._conn)

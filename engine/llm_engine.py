@@ -24,7 +24,7 @@ from engine.request import Request
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
-from engine.settings import setting
+from engine.settings import flag, setting
 from engine.structured_output import CACHE_GIB, GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
 from engine.vision_cache import VisionCache
 from model.forward_batch import KVCache
@@ -102,6 +102,29 @@ class EngineConfig:
         "structured JSON outputs may put any whitespace between tokens (vLLM's default); without it, only the "
         "compact separators, so a model cannot pad an answer with whitespace until max_tokens",
     )
+
+    def conflicts(self, device: torch.device) -> list[str]:
+        """Settings that contradict each other on `device`, each said naming the flags."""
+        found = []
+        if self.kv_cache_memory is not None and self.kv_cache_fraction is not None:
+            found.append(
+                f"{flag(EngineConfig, 'kv_cache_memory')} and {flag(EngineConfig, 'kv_cache_fraction')} both size the "
+                "KV cache: give one"
+            )
+        batched = self.batched_tokens(device)
+        batched_flag = flag(EngineConfig, "max_num_batched_tokens")
+        if batched < self.max_num_seqs:  # vLLM's rule: every running request needs its token in a step
+            found.append(
+                f"{batched_flag} {batched} is below {flag(EngineConfig, 'max_num_seqs')} {self.max_num_seqs}: a step "
+                "could not give each running request its token"
+            )
+        threshold = self.long_prefill_token_threshold
+        if threshold is not None and threshold > batched:
+            found.append(
+                f"{flag(EngineConfig, 'long_prefill_token_threshold')} {threshold} is above {batched_flag} {batched}, "
+                "the most prefill tokens a step can take"
+            )
+        return found
 
     def batched_tokens(self, device: torch.device) -> int:
         """max_num_batched_tokens, or the device's default: a GPU runs a long chunk in about the time of a

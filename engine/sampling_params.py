@@ -32,7 +32,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False  # when set, only `stop_token_ids` and `stop` end the request
-    max_tokens: int | None = 16  # None: the rest of the context
+    max_tokens: int | None = 16  # OpenAI's for text completions; None: the rest of the context
     logprobs: int | None = None  # None: no logprobs; k: the chosen token and the top k
     # None: none; k: each prompt token's logprob given the tokens before it, and the top k (vLLM's)
     prompt_logprobs: int | None = None

@@ -10,6 +10,7 @@ the command line is parsed: exit 2, naming the flag, before anything loads.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
 from typing import Any
@@ -25,17 +26,24 @@ def setting(
     negate: bool = False,
     choices=None,
     minimum: float | None = None,
+    maximum: float | None = None,
     positive: bool = False,
+    env: str | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A field with a command-line option. `negate`: a True default that the flag turns off
-    (`--enforce-eager` for `cuda_graphs`). `minimum` (inclusive) or `positive` (more than 0): the
-    values the option accepts."""
-    metadata = {"help": help, "flag": flag, "negate": negate, "choices": choices}
-    return field(default=default, metadata={**metadata, "minimum": minimum, "positive": positive})
+    (`--enforce-eager` for `cuda_graphs`). `minimum`, `maximum` (inclusive) or `positive` (more
+    than 0): the values the option accepts. `env`: a variable that overrides the default. `parse`:
+    the option's text to the field's value, where the field's type does not say it."""
+    metadata = {"help": help, "flag": flag, "negate": negate, "choices": choices, "env": env, "parse": parse}
+    limits = {"minimum": minimum, "maximum": maximum, "positive": positive}
+    return field(default=default, metadata={**metadata, **limits})
 
 
-def in_range(kind: type, minimum: float | None = None, positive: bool = False) -> Callable[[str], Any]:
-    """An argparse `type` that parses with `kind` and refuses what is below the range (NaN too)."""
+def in_range(
+    kind: Callable[[str], Any], minimum: float | None = None, maximum: float | None = None, positive: bool = False
+) -> Callable[[str], Any]:
+    """An argparse `type` that parses with `kind` and refuses what is outside the range (NaN too)."""
 
     def parse(text: str) -> Any:
         value = kind(text)
@@ -43,10 +51,17 @@ def in_range(kind: type, minimum: float | None = None, positive: bool = False) -
             raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
         if minimum is not None and not value >= minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
+        if maximum is not None and not value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def flag(config: type, name: str) -> str:
+    """The command-line option of `config`'s field `name`."""
+    return _flag(next(f for f in fields(config) if f.name == name))
 
 
 def _flag(f) -> str:
@@ -63,13 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser, config: type) -> None:
         elif f.type == "bool":
             parser.add_argument(_flag(f), dest=f.name, action="store_true", default=f.default, help=meta["help"])
         else:
-            kind = _TYPES[f.type.removesuffix(" | None")]
-            if meta["minimum"] is not None or meta["positive"]:
-                kind = in_range(kind, meta["minimum"], meta["positive"])
-            shown = "" if f.default is None else f" (default: {f.default})"
-            parser.add_argument(
-                _flag(f), dest=f.name, type=kind, default=f.default, choices=meta["choices"], help=meta["help"] + shown
-            )
+            kind = meta["parse"] or _TYPES[f.type.removesuffix(" | None")]
+            if meta["minimum"] is not None or meta["maximum"] is not None or meta["positive"]:
+                kind = in_range(kind, meta["minimum"], meta["maximum"], meta["positive"])
+            shown = [] if f.default in (None, ()) else [f"default: {f.default}"]
+            if meta["env"]:
+                shown.append(f"or {meta['env']}")
+            # argparse parses a default given as text, so a variable's value is checked as the flag's is.
+            default = os.environ.get(meta["env"], f.default) if meta["env"] else f.default
+            help = meta["help"] + (f" ({'; '.join(shown)})" if shown else "")
+            parser.add_argument(_flag(f), dest=f.name, type=kind, default=default, choices=meta["choices"], help=help)
 
 
 def from_arguments(config: type, args: argparse.Namespace, **others: Any) -> Any:

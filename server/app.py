@@ -22,8 +22,8 @@ from server import completions as text_completions
 from server.completions import Completion, CompletionRequest
 from server.completions import completion_id as cmpl_id
 from server.errors import APIError, bad_request
-from server.generation import error_event
 from server.guard import Guard
+from server.logs import request_cut, request_failed
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, completion_id
 from server.request_body import parse_json_object
 from server.state import ServerState
@@ -165,7 +165,7 @@ async def _generate(
             def ended() -> None:
                 state.in_flight -= sequences
 
-            return EventStream(result, state.drain, error_event(shutting_down()), ended)
+            return EventStream(result, state.drain, ended)
         body = await race(result, request.receive, state.drain)
         return body if isinstance(body, Response) else JSONResponse(body.model_dump())
 
@@ -247,24 +247,33 @@ _UNION_TAGS = frozenset(
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> Response:
+        if isinstance(error, ClientGone):
+            request_cut("client_left")
+        else:
+            request_failed(error.code, error.message)
         return error.response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
-        return _validation_error(list(error.errors())).response()
+        refusal = _validation_error(list(error.errors()))
+        request_failed(refusal.code, refusal.message)
+        return refusal.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = "not_found" if error.status_code == 404 else None
+        request_failed(code, str(error.detail))
         return APIError(error.status_code, str(error.detail), code=code).response()
 
     @app.exception_handler(ClientDisconnect)
     async def client_left(request: Request, error: ClientDisconnect) -> Response:
+        request_cut("client_left")
         return ClientGone().response()  # while its body was read: nobody reads this answer
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         logging.getLogger("monovl").exception("unhandled error")
+        request_failed("internal_error", f"{type(error).__name__}: {error}")
         return APIError(500, "internal server error", "server_error").response()
 
 

@@ -16,8 +16,8 @@ from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from preprocessing.image_decode import ImageError, ImageTooLarge
 from preprocessing.processor import Preprocessor
 from preprocessing.tokenizer import Tokenizer
-from server.errors import APIError, bad_request
-from server.generation import Tally, check, check_model, compile_constraint, error_event, outputs, token_text
+from server.errors import APIError, bad_request, error_event
+from server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
 from server.image_urls import decode_data_url
 from server.protocol import (
     AssistantMessage,

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from engine.sampling_params import SamplingParams
 from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from model.fast_path import NAMES as FAST_PATH_NAMES
 from preprocessing.tiny_checkpoint import add_shape_args, shape_from_args
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--max-num-tiles", type=int, help="cap on tiles per image (default: the checkpoint's)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=SamplingParams.top_p)
+    gen.add_argument("--top-k", type=int, default=SamplingParams.top_k, help="0 is no limit")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="print one JSON object with ids and logprobs")
 
@@ -79,6 +80,16 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
         if tag and args.model and tag != args.model:
             parser.error(f"two models given: {tag} and --model {args.model}")
         args.model = tag or args.model or os.environ.get("MONOVL_MODEL") or None
+    if args.command == "serve":
+        from model.loader import CheckpointError
+        from server.serve import check_settings
+
+        try:
+            conflicts = check_settings(args)
+        except CheckpointError as error:  # a device that is not there
+            parser.error(str(error))
+        if conflicts:
+            parser.error("; ".join(conflicts))
     return args
 
 
@@ -89,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     from model.loader import CheckpointError
     from preprocessing.image_decode import ImageError
     from preprocessing.tokenizer import TokenizerError
+    from server.serve import SettingsError
 
     try:
         if args.command == "serve":
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             _generate(args)
         else:
             _make_tiny_checkpoint(args)
-    except (CheckpointError, ConfigError, TokenizerError, ImageError, OSError, ValueError) as e:
+    except (CheckpointError, ConfigError, SettingsError, TokenizerError, ImageError, OSError, ValueError) as e:
         parser.exit(2, f"monovl: error: {e}\n")
 
 
@@ -131,7 +143,6 @@ def _conversation(args: argparse.Namespace, num_images: int) -> list:
 
 def _generate(args: argparse.Namespace) -> None:
     from engine.llm_engine import EngineConfig, LLMEngine
-    from engine.sampling_params import SamplingParams
     from preprocessing.checkpoint import load_checkpoint
 
     images = [Path(p).read_bytes() for p in args.image]

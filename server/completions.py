@@ -24,14 +24,13 @@ from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams, SamplingParamsError
 from preprocessing.tokenizer import Tokenizer
 from server.echo_json import echo_response
-from server.errors import APIError, bad_request
-from server.generation import Tally, check, check_model, compile_constraint, error_event, outputs, token_text
+from server.errors import APIError, bad_request, error_event
+from server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
 from server.protocol import SamplingRequest, Usage
 from server.state import ServerState
 from server.structured_outputs import requested_constraint
 from server.tools import ToolMode
 
-DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's for text completions
 MAX_PROMPTS = 64
 
 
@@ -133,7 +132,8 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
     if request.best_of is not None and request.best_of != request.n:
         raise bad_request("best_of other than n is not supported", "best_of")
     constraint = requested_constraint(request, ToolMode("none"))
-    max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
+    # Without max_tokens a text completion takes SamplingParams' default, OpenAI's (a chat takes the context's rest).
+    max_tokens = SamplingParams.max_tokens if request.max_tokens is None else request.max_tokens
     try:
         params = request.sampling_params(max_tokens, request.logprobs, constraint and constraint.output)
     except SamplingParamsError as e:

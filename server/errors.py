@@ -6,6 +6,8 @@ import json
 
 from fastapi.responses import Response
 
+from server.logs import request_failed
+
 
 class APIError(Exception):
     def __init__(
@@ -33,3 +35,10 @@ def error_body(message: str, type: str, param: str | None, code: str | None) -> 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def error_event(error: APIError) -> str:
+    """`error` as a stream's last event (its status was sent before the failure); the request's
+    access line names it."""
+    request_failed(error.code, error.message)
+    return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"

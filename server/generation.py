@@ -4,7 +4,6 @@ request as they come, and the tally of tokens and timings that becomes `usage` a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -19,7 +18,7 @@ from engine.output_streams import EngineDeadError, EngineNotAnswering
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from preprocessing.tokenizer import Tokenizer
-from server.errors import APIError, bad_request, error_body
+from server.errors import APIError, bad_request
 from server.protocol import PromptTokensDetails, Usage
 from server.state import ServerState
 from server.structured_outputs import Constraint
@@ -135,10 +134,6 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, list[int]]:
 
 def engine_dead() -> APIError:
     return APIError(503, "the engine stopped; the server is restarting", "server_error", code="engine_dead")
-
-
-def error_event(error: APIError) -> str:
-    return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"
 
 
 async def outputs(

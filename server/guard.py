@@ -1,4 +1,5 @@
-"""The middleware every HTTP request passes: API key, body limits, request id and access log.
+"""The middleware every HTTP request passes: API key, body limits, request id and access log (one
+line a request once its response is over, with its status and outcome, server/logs.py).
 
 With `--api-key` set every path but `OPEN_PATHS` needs it (`/tokenize` runs the preprocessing, and
 `/openapi.json` and unknown paths answer only those who have it).
@@ -25,6 +26,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError
+from server.logs import begin_request, request_failed
 from server.state import ServerSettings
 
 log = logging.getLogger("monovl.access")
@@ -43,6 +45,7 @@ class Guard:
             return
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        record = begin_request(request_id)
         started = time.perf_counter()
         status = 500  # what the server's error handler answers if nothing below starts a response
 
@@ -56,19 +59,36 @@ class Guard:
         try:
             rejection = self._rejection(scope, headers)
             if rejection is not None:
+                request_failed(rejection.code, rejection.message)
                 await rejection.response()(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._bounded(receive), send_with_id)
         finally:
             client = scope.get("client")
-            log.info(
-                '%s "%s %s" %d %.1fms request_id=%s',
-                client[0] if client else "-",
-                scope["method"],
-                scope["path"],
+            if status >= 400 and record.outcome == "ok":  # an answer no handler of ours made (a 404 route)
+                record.outcome = "error"
+            line = {
+                "client": client[0] if client else "-",
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "outcome": record.outcome,
+                "error": record.error,
+            }
+            because = f" error={record.error!r}" if record.error else ""
+            log.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                '%s "%s %s" %d %.1fms request_id=%s outcome=%s%s',
+                line["client"],
+                line["method"],
+                line["path"],
                 status,
-                (time.perf_counter() - started) * 1000,
+                line["duration_ms"],
                 request_id,
+                record.outcome,
+                because,
+                extra=line,
             )
 
     def _rejection(self, scope: Scope, headers: Headers) -> APIError | None:

@@ -1,7 +1,7 @@
 """The OpenAI chat-completions wire format, as pydantic models in the API reference's field order.
 
-Vendor extensions (vLLM's names) sit in a marked section; `to_sampling_params` resolves every
-knob with the precedence request -> server default -> OpenAI default.
+Vendor extensions (vLLM's names) sit in a marked section; `to_sampling_params` takes every
+knob the request sets and leaves the rest to SamplingParams' defaults (OpenAI's).
 """
 
 from __future__ import annotations
@@ -204,15 +204,11 @@ class SamplingRequest(BaseModel):
     ) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
+        # A knob the request leaves out (or sends as null) takes SamplingParams' default, its one home.
+        knobs = {name: getattr(self, name) for name in _KNOBS}
         return SamplingParams(
             n=self.n,
-            temperature=_or(self.temperature, 1.0),
-            top_p=_or(self.top_p, 1.0),
-            top_k=_or(self.top_k, 0),
-            min_p=_or(self.min_p, 0.0),
-            presence_penalty=_or(self.presence_penalty, 0.0),
-            frequency_penalty=_or(self.frequency_penalty, 0.0),
-            repetition_penalty=_or(self.repetition_penalty, 1.0),
+            **{name: value for name, value in knobs.items() if value is not None},
             logit_bias=bias,
             seed=self.seed,
             stop=tuple(stop),
@@ -247,6 +243,9 @@ class ChatCompletionRequest(SamplingRequest):
             if error.param == "max_tokens" and self.max_completion_tokens is not None:  # name the field sent
                 raise SamplingParamsError("max_completion_tokens", str(error)) from None
             raise
+
+
+_KNOBS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 def _or(value, default):

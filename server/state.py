@@ -8,11 +8,20 @@ from engine.async_engine import AsyncEngine
 from engine.engine_process import EngineProcess
 from engine.settings import setting
 from preprocessing.processor import Preprocessor
-from server.drain import Drain
-from server.metrics import Metrics
+from server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
+from server.drain import GRACEFUL_TIMEOUT_S, Drain
+from server.logs import LOG_FORMATS, LOG_LEVELS
+from server.metrics import PREFIXES, Metrics
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
 from server.request_body import DEFAULT_MAX_VALUES
+
+DEFAULT_PORT = 8000
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(origin.strip() for origin in text.split(",") if origin.strip())
 
 
 @dataclass(frozen=True)
@@ -21,9 +30,46 @@ class ServerSettings:
 
     served_model_name: str
     model_path: str
-    api_key: str | None = None
+    host: str = setting("0.0.0.0", "address to listen on; 0.0.0.0 is every interface", env="MONOVL_HOST")
+    port: int = setting(
+        DEFAULT_PORT, "port to listen on (0: any free one)", minimum=0, maximum=65535, env="MONOVL_PORT"
+    )
+    api_key: str | None = setting(
+        None,
+        "the key clients must send as a bearer token; without one anyone who reaches the port may call",
+        env="MONOVL_API_KEY",
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (), "comma-separated origins browsers may call from (CORS), or * (default: none)", parse=_origins
+    )
+    allow_remote_images: bool = setting(
+        False, "fetch http(s) image URLs (public addresses only; size, time and redirect limits)"
+    )
+    graceful_timeout: float = setting(
+        GRACEFUL_TIMEOUT_S,
+        "seconds to finish work on SIGTERM; responses still open then end with an error event or a 503 (keep it "
+        "below the container's stop timeout)",
+        minimum=0,
+        env="MONOVL_GRACEFUL_TIMEOUT",
+    )
+    header_timeout: float = setting(10.0, "seconds a client has to send a request's headers (408)", positive=True)
+    max_header_bytes: int = setting(
+        MAX_HEADER_BYTES, "bytes of a request's line and headers together (431 beyond)", minimum=1
+    )
+    max_header_count: int = setting(MAX_HEADER_COUNT, "header fields one request may carry (431)", minimum=1)
+    metrics_prefix: str = setting(
+        "monovl", "the metrics' namespace: vllm makes dashboards built for vLLM work unchanged", choices=PREFIXES
+    )
+    log_level: str = setting("info", "the least level logged", choices=LOG_LEVELS)
+    log_format: str = setting(
+        "text", "text lines, or json: one object a line with time, level, request id and outcome", choices=LOG_FORMATS
+    )
     max_images_per_request: int = setting(8, "images one request may carry", minimum=0)
-    max_image_tiles: int = setting(12, "tile cap per image (a request's max_num_tiles may ask for fewer)", minimum=1)
+    max_image_tiles: int | None = setting(
+        None,
+        "tile cap per image (default: the checkpoint's max_dynamic_patch; a request's max_num_tiles may ask for fewer)",
+        minimum=1,
+    )
     max_image_bytes: int = 20 * 2**20
     max_body_bytes: int = 64 * 2**20
     max_body_values: int = setting(
@@ -54,12 +100,17 @@ class ServerSettings:
         minimum=1,
     )
     stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy", minimum=0)
+    disable_log_stats: bool = setting(False, "no stats lines (vLLM's flag)")
     engine_process: bool = setting(
         True,
         "run the engine on a thread of the server's process, not in a process of its own (the GIL is then shared)",
         flag="--engine-thread",
         negate=True,
     )
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        return self.host not in LOOPBACK and not self.host.startswith("127.")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from server.drain import Drain
-from server.errors import APIError
+from server.errors import APIError, error_event
+from server.logs import request_cut
 
 T = TypeVar("T")
 
@@ -65,14 +66,13 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[str], drain: Drain, on_drain: str, ended: Callable[[], None]) -> None:
+    def __init__(self, events: AsyncIterator[str], drain: Drain, ended: Callable[[], None]) -> None:
         # As Starlette's StreamingResponse: no body attribute, so no Content-Length.
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache"})
         self.events = events
         self.drain = drain
-        self.on_drain = on_drain  # the error event sent when the drain ends the stream
         self.ended = ended  # called once the stream is over, however it ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,9 +80,11 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await race(self._pump(send), receive, self.drain)
         except ClientGone:
+            request_cut("client_left")
             return
-        except APIError:  # the drain deadline
-            await _body(send, self.on_drain + "data: [DONE]\n\n")
+        except APIError as error:  # the drain deadline
+            await _body(send, error_event(error) + "data: [DONE]\n\n")
+            request_cut("drained")
         finally:
             await self.events.aclose()  # a stream cut off between two events: its engine request ends now
             self.ended()

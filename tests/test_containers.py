@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from server.cli import parse_args
-from server.serve import DEFAULT_PORT, HEALTH_PATH
+from server.serve import HEALTH_PATH
+from server.state import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 

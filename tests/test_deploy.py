@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from server.metrics import Metrics
-from server.serve import DEFAULT_PORT, HEALTH_PATH
+from server.serve import HEALTH_PATH
+from server.state import DEFAULT_PORT
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 

@@ -106,3 +106,85 @@ def test_the_edges_of_each_range_are_taken():
     )
     assert (args.long_prefill_token_threshold, args.max_images_per_request, args.stats_interval) == (0, 0, 0.0)
     assert parse_args(["serve", "--graceful-timeout", "0", "--max-num-seqs", "1"]).max_num_seqs == 1
+
+
+CONFLICTS = [
+    (["--kv-cache-memory", "1", "--kv-cache-fraction", "0.5"], ["--kv-cache-memory", "--kv-cache-fraction"]),
+    (["--max-num-seqs", "64", "--max-num-batched-tokens", "32"], ["--max-num-batched-tokens", "--max-num-seqs"]),
+    (["--max-num-seqs", "1000", "--device", "cpu"], ["--max-num-batched-tokens 512", "--max-num-seqs 1000"]),
+    (
+        ["--max-num-batched-tokens", "256", "--long-prefill-token-threshold", "300"],
+        ["--long-prefill-token-threshold 300", "--max-num-batched-tokens 256"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), CONFLICTS)
+def test_settings_that_contradict_each_other_exit_2_naming_both_flags(argv, named, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["serve", *argv])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert all(flag in error for flag in named), error
+
+
+def test_related_settings_that_agree_are_taken():
+    args = parse_args(["serve", "--max-num-seqs", "8", "--max-num-batched-tokens", "8"])
+    assert (args.max_num_seqs, args.max_num_batched_tokens) == (8, 8)
+    parse_args(["serve", "--max-num-batched-tokens", "256", "--long-prefill-token-threshold", "256"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("MONOVL_PORT", "70000"), ("MONOVL_PORT", "http"), ("MONOVL_GRACEFUL_TIMEOUT", "-1")]
+)
+def test_an_impossible_value_from_the_environment_exits_2_naming_the_flag(variable, value, monkeypatch, capsys):
+    monkeypatch.setenv(variable, value)
+    flag = {"MONOVL_PORT": "--port", "MONOVL_GRACEFUL_TIMEOUT": "--graceful-timeout"}[variable]
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["serve"])
+    assert exited.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_serve_help_shows_every_settings_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for config in (EngineConfig, ServerSettings):
+        for f in dataclasses.fields(config):
+            if "help" not in f.metadata or f.type == "bool" or f.default in (None, ()):
+                continue
+            assert f"default: {f.default}" in text, f.name
+
+
+def test_the_tile_cap_defaults_to_the_checkpoints(tiny_dir):
+    from model.config import ModelConfig
+    from preprocessing.processor import Preprocessor
+
+    settings = ServerSettings(served_model_name="m", model_path="p")
+    assert settings.max_image_tiles is None
+    pre = Preprocessor(tiny_dir, ModelConfig.load(tiny_dir))
+    assert pre.max_tiles(None, settings.max_image_tiles) == pre.config.max_dynamic_patch
+    assert pre.max_tiles(None, 3) == 3
+
+
+def test_a_context_that_cannot_hold_one_image_at_the_tile_cap_is_refused(tiny_dir):
+    from model.config import ModelConfig
+    from server.serve import SettingsError, check_image_room
+
+    config = ModelConfig.load(tiny_dir)
+    settings = ServerSettings(served_model_name="m", model_path="p", max_image_tiles=4)
+    needed = 5 * config.num_image_token  # 4 tiles and the thumbnail
+    check_image_room(settings, config, needed + 1)
+    with pytest.raises(SettingsError, match="--max-image-tiles"):
+        check_image_room(settings, config, needed)
+    check_image_room(dataclasses.replace(settings, max_images_per_request=0), config, needed)
+    check_image_room(dataclasses.replace(settings, max_image_tiles=1), config, config.num_image_token + 1)
+
+
+def test_serve_refuses_a_context_too_small_for_an_image_before_loading(tiny_dir):
+    from server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", str(tiny_dir), "--max-model-len", "300", "--port", "0", "--host", "127.0.0.1"])
+    assert exited.value.code == 2
