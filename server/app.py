@@ -68,7 +68,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> Response:
         if not state.engine.is_running:
             return APIError(503, "the engine is not running", "server_error", code="engine_dead").response()
-        if state.drain.draining:  # load balancers stop sending work here
+        if state.drain.unready:  # load balancers stop sending work here
             return shutting_down().response()
         return JSONResponse({"status": "ok"})
 

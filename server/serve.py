@@ -185,7 +185,7 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         http=header_deadline_protocol(settings.header_timeout, settings.max_header_bytes, settings.max_header_count),
     )
-    server = Server(config, state.engine, state.drain)
+    server = Server(config, state)
     server.run(sockets=[sock])
     if server.engine_died:
         sys.exit(ENGINE_DIED_EXIT_STATUS)

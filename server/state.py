@@ -52,6 +52,14 @@ class ServerSettings:
         minimum=0,
         env="MONOVL_GRACEFUL_TIMEOUT",
     )
+    drain_delay: float = setting(
+        0.0,
+        "seconds after SIGTERM during which /health answers 503 while new requests are still served, so that "
+        "load balancers stop sending first (about their health check's interval times its failures to mark down; "
+        "Kubernetes' preStop sleep does this before SIGTERM instead)",
+        minimum=0,
+        env="MONOVL_DRAIN_DELAY",
+    )
     header_timeout: float = setting(10.0, "seconds a client has to send a request's headers (408)", positive=True)
     max_header_bytes: int = setting(
         MAX_HEADER_BYTES, "bytes of a request's line and headers together (431 beyond)", minimum=1
@@ -87,7 +95,6 @@ class ServerSettings:
         "prompt logprobs an echo may return in all: prompt tokens x (logprobs + 1) x n over its prompts (400 beyond)",
         minimum=0,
     )
-    allowed_origins: tuple[str, ...] = ()
     preprocess_workers: int = setting(
         2, "threads that render and tokenize the prompts of requests without images (their own lane)", minimum=1
     )

@@ -29,8 +29,14 @@ class ClientGone(APIError):
 
 
 def shutting_down() -> APIError:
+    """Work refused or ended by the drain, answered with nothing of it, so a proxy may send it elsewhere;
+    the connection closes, so that a proxy's next request on it goes to another replica too."""
     return APIError(
-        503, "the server is shutting down", "server_error", code="shutting_down", headers={"Retry-After": "5"}
+        503,
+        "the server is shutting down",
+        "server_error",
+        code="shutting_down",
+        headers={"Retry-After": "5", "Connection": "close"},
     )
 
 

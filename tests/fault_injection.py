@@ -5,12 +5,15 @@ Once the file named by MONOVL_FAULT_TRIGGER exists, the device fails:
 - MONOVL_FAULT=lost (any device): every forward raises and the device check fails, as for a GPU
   that fell off the bus;
 - MONOVL_FAULT=device-assert (CUDA): the forward indexes out of bounds on the GPU, a real
-  device-side assert, sticky for the process; nothing else is patched.
+  device-side assert, sticky for the process; nothing else is patched;
+- MONOVL_FAULT=slow: no fault, each step takes MONOVL_STEP_SECONDS more (0.02), for tests that
+  need responses open for a while.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -20,12 +23,15 @@ from server.cli import main
 
 TRIGGER = Path(os.environ["MONOVL_FAULT_TRIGGER"])
 FAULT = os.environ.get("MONOVL_FAULT", "lost")
+STEP_SECONDS = float(os.environ.get("MONOVL_STEP_SECONDS", "0.02"))
 _execute, _check_device = ModelRunner.execute, ModelRunner.check_device
 
 
 def execute(self: ModelRunner, chunks):
     if TRIGGER.exists():
-        if FAULT == "device-assert":
+        if FAULT == "slow":
+            time.sleep(STEP_SECONDS)
+        elif FAULT == "device-assert":
             table = torch.zeros(4, device=self.model.device)
             table[torch.tensor([1 << 30], device=self.model.device)] += 1  # asserts on the device
         else:

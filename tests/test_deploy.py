@@ -38,12 +38,28 @@ def test_the_deployment_asks_for_a_gpu_and_probes_health_with_room_for_a_model_l
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60  # a 2B download and load
     graceful = float(next(e["value"] for e in container["env"] if e["name"] == "MONOVL_GRACEFUL_TIMEOUT"))
-    assert pod["terminationGracePeriodSeconds"] > graceful
-    (mount,) = container["volumeMounts"]
-    assert mount["mountPath"] == "/models"  # the image's HF_HOME and MONOVL_CACHE are under it
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and float(command[1]) >= 5  # endpoint removal takes seconds to propagate
+    assert pod["terminationGracePeriodSeconds"] > float(command[1]) + graceful
+
+
+def test_the_pod_runs_hardened_with_its_writable_paths_on_volumes():
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     assert (
-        pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == by_kind("PersistentVolumeClaim")["metadata"]["name"]
+        pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     )
+    hardened = container["securityContext"]
+    assert hardened["readOnlyRootFilesystem"] and not hardened["allowPrivilegeEscalation"]
+    assert hardened["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == {"/models", "/tmp"}  # the image's HF_HOME and MONOVL_CACHE are under /models
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRITON_CACHE_DIR"].startswith("/tmp/") and env["XDG_CACHE_HOME"].startswith("/tmp/")
+    # A per-pod model cache: replicas on any node (a ReadWriteOnce claim would pin them to one).
+    assert "emptyDir" in volumes[mounts["/models"]]
+    assert not [doc for doc in documents() if doc["kind"] == "PersistentVolumeClaim"]
 
 
 def test_the_service_and_the_autoscaler_point_at_the_deployment_and_a_metric_the_server_exports():

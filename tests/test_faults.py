@@ -146,8 +146,10 @@ def test_slow_remote_fetches_do_not_hold_up_data_url_images(inprocess, monkeypat
 
 
 def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
-    # 40 blocks of 16 tokens (512 bytes per token in the tiny model) for 24 chats of ~100 tokens each
-    small = ServerProcess(tiny_dir, "--kv-cache-memory", str(40 * 16 * 512 / 2**30), "--max-num-seqs", "24")
+    # 40 blocks of 16 tokens (512 bytes per token in the tiny model) for 24 chats of ~100 tokens each;
+    # text only, as the pool cannot hold an image
+    pool = str(40 * 16 * 512 / 2**30)
+    small = ServerProcess(tiny_dir, "--kv-cache-memory", pool, "--max-num-seqs", "24", "--max-images-per-request", "0")
     try:
         prompts = [f"Question {k}, please answer." for k in range(24)]
         alone = [httpx.post(f"{small.url}/v1/chat/completions", json={

@@ -67,7 +67,9 @@ params = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    process = ServerProcess(tiny_dir, "--served-model-name", "fuzz", "--max-model-len", "2048")
+    process = ServerProcess(
+        tiny_dir, "--served-model-name", "fuzz", "--max-model-len", "2048", "--max-image-tiles", "6"
+    )
     yield process
     process.stop()
 

@@ -25,7 +25,7 @@ from benchmarks.server_process import ServerProcess
 @pytest.fixture(scope="module")
 def server(tiny_dir):
     # A short context bounds what a generated request can ask for.
-    process = ServerProcess(tiny_dir, "--max-model-len", "256", "--max-image-tiles", "2")
+    process = ServerProcess(tiny_dir, "--max-model-len", "320", "--max-image-tiles", "1")
     yield process
     process.stop()
 

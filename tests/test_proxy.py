@@ -1,11 +1,14 @@
 """Two replicas behind deploy/haproxy/haproxy.cfg on loopback: a conversation stays on one replica
-(its follow-up turns hit the prefix cache), conversations spread over both, and new chats are
-answered when one replica dies."""
+(its follow-up turns hit the prefix cache), conversations spread over both, new chats are
+answered when one replica dies, and a replica drains under load with no client seeing an error."""
 
+import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import httpx
 import pytest
 
 from benchmarks.server_process import ServerProcess, free_port
+from tests.test_drain import slow_server
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy" / "haproxy.cfg"
 HAPROXY = shutil.which("haproxy") or (Path("/usr/sbin/haproxy") if Path("/usr/sbin/haproxy").exists() else None)
@@ -20,9 +24,9 @@ HAPROXY = shutil.which("haproxy") or (Path("/usr/sbin/haproxy") if Path("/usr/sb
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="needs haproxy (apt-get install haproxy; .ci/run installs it)")
 
 
-@pytest.fixture(scope="module")
-def cluster(tiny_dir):
-    replicas = [ServerProcess(tiny_dir), ServerProcess(tiny_dir)]
+@contextlib.contextmanager
+def proxy_to(replicas: list[ServerProcess]):
+    """HAProxy with the shipped config in front of `replicas`; its URL once it sees them healthy."""
     port = free_port()
     env = {
         **os.environ,
@@ -40,10 +44,19 @@ def cluster(tiny_dir):
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        yield url, replicas
+        yield url
     finally:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_dir):
+    replicas = [ServerProcess(tiny_dir), ServerProcess(tiny_dir)]
+    try:
+        with proxy_to(replicas) as url:
+            yield url, replicas
+    finally:
         for replica in replicas:
             replica.stop()
 
@@ -105,3 +118,52 @@ def test_new_chats_are_answered_when_a_replica_dies(cluster):
     assert (
         chat(url, [{"role": "user", "content": "and now?"}], user="newcomer").headers["x-monovl-replica"] == "replica2"
     )
+
+
+def test_a_replica_drains_under_load_and_no_client_sees_an_error(tiny_dir, tmp_path):
+    # As the proxy's comment says: a drain delay above the health check's time to mark a replica down.
+    replicas = [slow_server(tiny_dir, tmp_path, "--drain-delay", "3") for _ in range(2)]
+    outcomes: list[tuple[str, int, str]] = []  # (kind, status, replica or how the stream ended)
+    stop = threading.Event()
+
+    def chats(k: int, url: str) -> None:
+        for turn in range(1000):
+            if stop.is_set():
+                return
+            response = chat(url, [{"role": "user", "content": f"hi {turn}"}], user=f"load-{k}-{turn}")
+            outcomes.append(("chat", response.status_code, response.headers.get("x-monovl-replica", "")))
+
+    def streams(k: int, url: str) -> None:
+        for turn in range(1000):
+            if stop.is_set():
+                return
+            body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 60, "ignore_eos": True}
+            body |= {"stream": True, "user": f"stream-{k}-{turn}"}
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+                events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+            chunks = [json.loads(e) for e in events[:-1]]
+            ended = "error" if any("error" in c for c in chunks) or events[-1:] != ["[DONE]"] else "done"
+            outcomes.append(("stream", response.status_code, ended))
+
+    try:
+        with proxy_to(replicas) as url:
+            clients = [threading.Thread(target=chats, args=(k, url)) for k in range(6)]
+            clients += [threading.Thread(target=streams, args=(k, url)) for k in range(4)]
+            for client in clients:
+                client.start()
+            time.sleep(2)
+            served_before = {replica for kind, _, replica in outcomes if kind == "chat"}
+            replicas[0].process.send_signal(signal.SIGTERM)
+            exit_status = replicas[0].process.wait(timeout=40)
+            time.sleep(1)
+            stop.set()
+            for client in clients:
+                client.join(timeout=60)
+    finally:
+        stop.set()
+        logs = [replica.stop() for replica in replicas]
+    assert served_before == {"replica1", "replica2"}
+    assert exit_status == 0, logs[0][-3000:]
+    failed = [o for o in outcomes if o[1] != 200 or o[2] == "error"]
+    assert not failed, failed
+    assert sum(kind == "stream" for kind, _, _ in outcomes) >= 8 and len(outcomes) >= 50
