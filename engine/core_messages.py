@@ -56,11 +56,22 @@ class EngineStats:
     waiting: int
     kv_cache_usage: float
     num_free_blocks: int
+    num_preemptions: int = 0  # since the start
+    step_token_counts: tuple[int, ...] = ()  # steps per bucket of engine/step_tokens.py, since the start
+    step_tokens_total: int = 0
 
     @classmethod
     def of(cls, engine: LLMEngine) -> EngineStats:
-        scheduler = engine.scheduler
-        return cls(len(scheduler.running), len(scheduler.waiting), engine.kv_cache_usage, engine.num_free_blocks)
+        scheduler, steps = engine.scheduler, engine.step_tokens
+        return cls(
+            len(scheduler.running),
+            len(scheduler.waiting),
+            engine.kv_cache_usage,
+            engine.num_free_blocks,
+            scheduler.num_preemptions,
+            tuple(steps.counts),
+            steps.total,
+        )
 
 
 # ---------------------------------------------------------------- server -> core

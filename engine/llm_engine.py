@@ -25,6 +25,7 @@ from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
 from engine.settings import flag, setting
+from engine.step_tokens import StepTokens
 from engine.structured_output import CACHE_GIB, GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
 from engine.vision_cache import VisionCache
 from model.forward_batch import KVCache
@@ -239,6 +240,7 @@ class LLMEngine:
         # One block more than the pool hands out: the scratch block that CUDA-graph padding rows write.
         self.kv_cache = KVCache.allocate(llm, num_blocks + 1, block_size, model.dtype, model.device)
         self.block_pool = BlockPool(num_blocks, block_size, self.config.enable_prefix_caching)
+        self.step_tokens = StepTokens()
         self.max_model_len = self._max_model_len(num_blocks * block_size)
         budget = self.config.batched_tokens(model.device)
         threshold = self._long_prefill_token_threshold()
@@ -412,6 +414,7 @@ class LLMEngine:
             return outputs + self._isolate_failure(chunks, error)
         outputs += self._postprocess(chunks, step)
         self.scheduler.step_took(time.perf_counter() - started)
+        self.step_tokens.observe(sum(chunk.num_tokens for chunk in chunks))
         return outputs
 
     def _postprocess(self, chunks: list[ScheduledChunk], step: StepLogits) -> list[RequestOutput]:

@@ -139,11 +139,15 @@ def engine_dead() -> APIError:
 async def outputs(
     state: ServerState, request_id: str, prompt: PromptInputs, params: SamplingParams
 ) -> AsyncIterator[RequestOutput]:
-    finished = 0
-    state.metrics.request_admitted(params.max_tokens)
+    finished = longest = 0
+    state.metrics.request_admitted(params.n, params.max_tokens)
     try:
         async for output in state.engine.generate(request_id, prompt, params):
             finished += output.finished
+            if output.finished:
+                longest = max(longest, output.num_output_tokens)
+                if finished == params.n:
+                    state.metrics.request_completed(longest)
             yield output
     except RequestError as e:
         raise bad_request(str(e), e.param, e.code) from None

@@ -99,9 +99,7 @@ def build_state(args: argparse.Namespace) -> ServerState:
         engine.shutdown()
         raise
     metrics = Metrics(settings.served_model_name, settings.metrics_prefix)
-    metrics.track_engine(
-        lambda: engine.stats().running, lambda: engine.stats().waiting, lambda: engine.stats().kv_cache_usage
-    )
+    metrics.track_engine(engine.stats, info, config.enable_prefix_caching)
     pool = PreprocessPool(settings.preprocess_workers)
     image_pool = PreprocessPool(settings.image_workers, "monovl-image", IMAGE_NICENESS)
     remote = RemoteImageFetcher(settings.max_image_bytes) if settings.allow_remote_images else None

@@ -166,6 +166,7 @@ def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
         assert all(r.status_code == 200 for r in responses)
         assert [r.json()["choices"][0]["message"]["content"] for r in responses[:3]] == alone
         assert small.metric("monovl:kv_cache_usage_perc") == 0
+        assert small.metric("monovl:num_preemptions_total") > 0
     finally:
         small.stop()
 
