@@ -315,26 +315,31 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class DeltaFunctionCall(BaseModel):
+class _Delta(BaseModel):
+    """OpenAI's deltas carry only the fields that changed: a call's id, type and name in its first
+    delta alone, its arguments in the rest."""
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class DeltaFunctionCall(_Delta):
     name: str | None = None
     arguments: str | None = None
 
 
-class DeltaToolCall(BaseModel):
+class DeltaToolCall(_Delta):
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
     function: DeltaFunctionCall
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(_Delta):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_unset(self, handler):  # OpenAI's deltas carry only the fields that changed
-        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChunkChoice(BaseModel):

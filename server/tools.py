@@ -86,18 +86,52 @@ def forced_call_grammar(request: ChatCompletionRequest, mode: ToolMode) -> Struc
     by_name = {t.function.name: t.function for t in request.tools or []}
     if mode.kind == "named":
         return StructuredOutput.json_schema(by_name[mode.name].parameters or NO_ARGUMENTS)
-    calls = [
-        {
-            "type": "object",
-            "properties": {"name": {"type": "string", "enum": [name]}, "parameters": f.parameters or NO_ARGUMENTS},
-            "required": ["name", "parameters"],
-        }
-        for name, f in by_name.items()
-    ]
+    calls, definitions = [], {}
+    for k, (name, f) in enumerate(by_name.items()):
+        parameters, own = _hoisted(f.parameters or NO_ARGUMENTS, f"{k}_")
+        definitions |= own
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"type": "string", "enum": [name]}, "parameters": parameters},
+                "required": ["name", "parameters"],
+            }
+        )
     schema: dict = {"type": "array", "minItems": 1, "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
+    if definitions:
+        schema["$defs"] = definitions
     if not request.parallel_tool_calls:
         schema["maxItems"] = 1
     return StructuredOutput.json_schema(schema)
+
+
+_DEFINITIONS = ("$defs", "definitions")  # JSON Schema's name, and draft 7's that pydantic v1 wrote
+
+
+def _hoisted(parameters: dict, prefix: str) -> tuple[dict, dict]:
+    """A tool's parameters, nested inside the list of calls, whose local definitions (`#/$defs/X`,
+    as every nested pydantic model has) would no longer resolve there: the parameters without
+    them, their refs pointing to `#/$defs/<prefix>X`, and those definitions to put at the root."""
+    if not any(isinstance(parameters.get(key), dict) for key in _DEFINITIONS):
+        return parameters, {}
+
+    def moved(node: object) -> object:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            for key in _DEFINITIONS:
+                if isinstance(ref, str) and ref.startswith(f"#/{key}/"):
+                    node = {**node, "$ref": f"#/$defs/{prefix}{ref[len(key) + 3 :]}"}
+            return {k: moved(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [moved(v) for v in node]
+        return node
+
+    definitions = {}
+    for key in _DEFINITIONS:
+        for name, schema in (parameters.get(key) or {}).items():
+            definitions[f"{prefix}{name}"] = moved(schema)
+    rest = {k: v for k, v in parameters.items() if k not in _DEFINITIONS}
+    return moved(rest), definitions
 
 
 @dataclass
@@ -184,11 +218,30 @@ def _safe_end(text: str, marker: str) -> int:
 
 
 def _parse_required(text: str) -> list[ToolCall]:
-    try:
-        calls = json.loads(text)
-    except json.JSONDecodeError:
-        return []  # cut short (finish_reason "length"): the text stays the content
-    return [_call(c["name"], c["parameters"]) for c in calls if isinstance(c, dict) and "name" in c]
+    """The calls of a "required" list; of a list cut short (finish_reason "length"), the calls
+    before the cut, each whole."""
+    decoder, calls = json.JSONDecoder(), []
+    at = _skip_space(text, 0)
+    if not text.startswith("[", at):
+        return []
+    at = _skip_space(text, at + 1)
+    while at < len(text) and text[at] != "]":
+        try:
+            call, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break  # the cut
+        if isinstance(call, dict) and isinstance(call.get("name"), str):
+            calls.append(_call(call["name"], call.get("parameters", {})))
+        at = _skip_space(text, at)
+        if text.startswith(",", at):
+            at = _skip_space(text, at + 1)
+    return calls
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
 
 
 def _parse_auto(text: str) -> tuple[str, list[ToolCall]]:

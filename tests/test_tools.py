@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, render_prompt
 from server.chat import to_conversation
 from server.protocol import ChatCompletionRequest
-from server.tools import ChoiceReader, ToolMode, tool_mode
+from server.tools import ChoiceReader, ToolMode, forced_call_grammar, tool_mode
 
 WEATHER = {
     "type": "object",
@@ -186,3 +186,90 @@ def test_langchain_structured_output_in_json_schema_and_function_calling_modes(m
         for seed in range(3):
             result = structured.invoke("Forecast for Oslo?", seed=seed)
             assert isinstance(result, Forecast), (method, result)
+
+
+class Place(BaseModel):
+    # ASCII patterns, not maxLength: the grammar engine takes UTF-8 byte sequences of surrogate
+    # code points, which decode as three replacement characters each and so overrun a maxLength.
+    city: str = Field(pattern="^[A-Za-z ]{1,12}$")
+    country: str = Field(pattern="^[A-Z]{2}$")
+
+
+class Trip(BaseModel):
+    """A trip: nested models, so the schema has $defs and $refs (as every nested pydantic model)."""
+
+    start: Place
+    stops: list[Place] = Field(max_length=2)
+    days: int = Field(ge=1, le=9)
+
+
+def test_tools_with_nested_schemas_are_called_in_every_mode(mono_client):
+    trip = openai.pydantic_function_tool(Trip)
+    schema = trip["function"]["parameters"]
+    assert "$defs" in schema and "$ref" in json.dumps(schema["properties"])
+    tools = [trip, TOOLS[1]]
+    for choice in ("required", {"type": "function", "function": {"name": "Trip"}}, "auto"):
+        answer = mono_client.chat.completions.create(
+            model="mono", messages=USER, tools=tools, tool_choice=choice, max_tokens=400, seed=3, temperature=1.0
+        )
+        for call in answer.choices[0].message.tool_calls or []:
+            if call.function.name == "Trip":
+                jsonschema.validate(json.loads(call.function.arguments), schema)
+        if choice != "auto":
+            assert answer.choices[0].message.tool_calls
+
+
+def test_the_required_grammar_carries_each_tools_definitions_to_the_root():
+    request = ChatCompletionRequest.model_validate(
+        {"messages": USER, "tools": [openai.pydantic_function_tool(Trip), TOOLS[0]], "tool_choice": "required"}
+    )
+    grammar = forced_call_grammar(request, tool_mode(request))
+    schema = json.loads(grammar.spec)
+    assert set(schema["$defs"]) == {"0_Place"}
+    refs = json.dumps(schema).split('"$ref": ')[1:]
+    assert refs and all(ref.startswith('"#/$defs/0_Place"') for ref in refs)
+    valid = [{"name": "Trip", "parameters": {"start": {"city": "Oslo", "country": "NO"}, "stops": [], "days": 2}}]
+    jsonschema.validate(valid, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "Trip", "parameters": {"start": {"city": 1}, "stops": [], "days": 2}}], schema)
+
+
+def test_a_required_list_cut_short_keeps_its_whole_calls():
+    reader = ChoiceReader(ToolMode("required"))
+    reader.feed('[{"name": "now", "parameters": {}}, {"name": "get_weather", "parameters": {"city": "Pa')
+    delta, finish_reason = reader.finish("length")
+    assert finish_reason == "length" and [c.function.name for c in reader.calls] == ["now"]
+    assert reader.content() is None and delta.tool_calls[0].function.arguments == "{}"
+    whole = ChoiceReader(ToolMode("required"))
+    whole.feed('[ {"name": "now", "parameters": {}} , {"name": "now", "parameters": {"x": [1, "]"]}} ]')
+    assert [c.function.arguments for c in whole.finish("stop")[0].tool_calls] == ["{}", '{"x": [1, "]"]}']
+
+
+def test_streamed_tool_call_deltas_name_the_call_only_in_their_first_delta(mono_server, mono_client):
+    import httpx
+
+    for choice in ({"type": "function", "function": {"name": "get_weather"}}, "required"):
+        body = {"model": "mono", "messages": USER, "tools": TOOLS, "tool_choice": choice, "max_tokens": 200}
+        with httpx.stream("POST", f"{mono_server.url}/v1/chat/completions", json={**body, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        deltas = [call for c in chunks if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls", [])]
+        assert deltas
+        seen = set()
+        for delta in deltas:
+            first = delta["index"] not in seen
+            seen.add(delta["index"])
+            keys = set(delta) | {f"function.{k}" for k in delta["function"]}
+            if first:
+                assert {"id", "type", "function.name"} <= keys, delta
+            else:
+                assert keys <= {"index", "function", "function.arguments"}, delta
+    # The SDK's stream helper assembles the calls (it asserts on a repeated id or name).
+    with mono_client.chat.completions.stream(
+        model="mono", messages=USER, tools=[openai.pydantic_function_tool(Trip)], max_tokens=300,
+        tool_choice={"type": "function", "function": {"name": "Trip"}},
+    ) as stream:  # fmt: skip
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert call.function.name == "Trip" and isinstance(call.function.parsed_arguments, Trip)
