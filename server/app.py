@@ -24,7 +24,14 @@ from server.completions import completion_id as cmpl_id
 from server.errors import APIError, bad_request
 from server.guard import Guard
 from server.logs import request_cut, request_failed
-from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, completion_id
+from server.protocol import (
+    MESSAGE_ROLES,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ModelCard,
+    ModelList,
+    completion_id,
+)
 from server.request_body import parse_json_object
 from server.state import ServerState
 from server.stats_log import log_stats_every
@@ -220,7 +227,28 @@ def _validation_error(errors: list) -> APIError:
     if first.get("type") == "union_tag_invalid":  # the tag itself is wrong: name it
         loc.append(str(first["ctx"]["discriminator"]).strip("'"))
     param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
-    return APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}", param=param)
+    message = _content_error(first, loc) or first.get("msg", "invalid value")
+    return APIError(400, f"{param or 'body'}: {message}", param=param)
+
+
+_PARTS_BY_ROLE = {"user": "'text' and 'image_url'", "assistant": "'text' and 'refusal'"}
+
+
+def _content_error(error: dict, loc: list[str]) -> str | None:
+    """A message's content said in the API's terms: a part type this model or this role does not take,
+    or content that is neither a string nor a list of parts."""
+    if "messages" not in loc or "content" not in loc:
+        return None
+    raw = [str(p) for p in error.get("loc", ())]
+    role = next((p for p in raw if p in MESSAGE_ROLES), None)
+    if loc[-1] == "content" and error.get("type") in ("string_type", "list_type"):
+        return "content must be a string or a list of content parts"
+    if loc[-1] != "type" or role is None:
+        return None
+    tag = error["ctx"]["tag"] if error.get("type") == "union_tag_invalid" else error.get("input")
+    allowed = _PARTS_BY_ROLE.get(role, "'text'")
+    where = "by this model" if role == "user" else f"in {'an' if role[0] in 'aeiou' else 'a'} {role} message"
+    return f"content part type {tag!r} is not supported {where}; it takes {allowed} parts"
 
 
 def _wire_path(loc: tuple) -> list:
@@ -240,7 +268,7 @@ def _wire_path(loc: tuple) -> list:
 
 
 _UNION_TAGS = frozenset(
-    ["system", "developer", "user", "assistant", "tool", "text", "image_url", "json_object", "json_schema"]
+    ["system", "developer", "user", "assistant", "tool", "text", "image_url", "refusal", "json_object", "json_schema"]
 )
 
 

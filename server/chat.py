@@ -29,6 +29,7 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
+    RefusalContentPart,
     SystemMessage,
     TextContentPart,
     TokenLogprobOut,
@@ -53,10 +54,23 @@ log = logging.getLogger(__name__)
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    url: str
+    param: str  # where the body has it, for errors
+    max_tiles: int | None = None  # the part's own cap: 1 for `detail: "low"`
+
+
 @dataclass
 class Conversation:
     messages: list[ChatMessage]
-    images: list[tuple[str, str]]  # (url, param path) in order
+    images: list[ImageRef]  # in order
+
+
+def image_ref(url: str, detail: str | None, param: str) -> ImageRef:
+    """`detail` as OpenAI's: "low" is one 448 px tile (256 tokens, the model card's `max_num=1`),
+    "high" and "auto" the usual tiling."""
+    return ImageRef(url, param, 1 if detail == "low" else None)
 
 
 def to_conversation(request: ChatCompletionRequest, mode: ToolMode, max_images: int, max_chars: int) -> Conversation:
@@ -70,7 +84,8 @@ def to_conversation(request: ChatCompletionRequest, mode: ToolMode, max_images: 
             messages.append(ChatMessage.text("system", _text(content)))
         elif isinstance(message, AssistantMessage):
             calls = [call_text(c.function.name, c.function.arguments) for c in message.tool_calls or []]
-            messages.append(ChatMessage.text("assistant", _text(content) + "".join(calls)))
+            said = _text(content) or message.refusal or ""  # a refusal is what the assistant said
+            messages.append(ChatMessage.text("assistant", said + "".join(calls)))
         elif isinstance(content, str):
             messages.append(ChatMessage.text("user", content))
         else:
@@ -79,7 +94,8 @@ def to_conversation(request: ChatCompletionRequest, mode: ToolMode, max_images: 
                 if part.type == "text":
                     parts.append(TextPart(part.text))
                     continue
-                images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url"))
+                image = part.image_url
+                images.append(image_ref(image.url, image.detail, f"messages[{i}].content[{j}].image_url"))
                 parts.append(ImagePart(len(images) - 1))
             messages.append(ChatMessage("user", tuple(parts)))
     if request.tools and mode.kind != "none":  # after the conversation's own system turn, as InternLM's format
@@ -99,10 +115,10 @@ def to_conversation(request: ChatCompletionRequest, mode: ToolMode, max_images: 
     return Conversation(messages, images)
 
 
-def _text(content: str | list[TextContentPart] | None) -> str:
+def _text(content: str | list[TextContentPart | RefusalContentPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    return "\n".join(part.text for part in content)
+    return "\n".join(part.text if isinstance(part, TextContentPart) else part.refusal for part in content)
 
 
 def preprocess(
@@ -115,13 +131,14 @@ def preprocess(
 ) -> PromptInputs:
     """Runs in the worker pool: decode and tile every image, render and tokenize the prompt."""
     inputs = []
-    for data, (_, param) in zip(images, conversation.images, strict=True):
+    for data, ref in zip(images, conversation.images, strict=True):
+        asked = min((cap for cap in (max_tiles, ref.max_tiles) if cap), default=None)
         try:
-            inputs.append(pre.load_image(data, max_tiles, tile_limit))
+            inputs.append(pre.load_image(data, asked, tile_limit))
         except ImageTooLarge as e:
-            raise APIError(413, str(e), param=param, code="image_too_large") from None
+            raise APIError(413, str(e), param=ref.param, code="image_too_large") from None
         except ImageError as e:
-            raise bad_request(str(e), param, "invalid_image") from None
+            raise bad_request(str(e), ref.param, "invalid_image") from None
     try:
         return pre.process(conversation.messages, inputs, add_generation_prompt)
     except ValueError as e:
@@ -166,7 +183,7 @@ async def build_prompt(
     behind another request's image work."""
     settings = state.settings
     started = time.perf_counter()
-    images = [await image_bytes(state, url, param) for url, param in conversation.images]
+    images = [await image_bytes(state, ref.url, ref.param) for ref in conversation.images]
     pre = state.preprocessor
     limit = settings.max_image_tiles
     lane = state.image_pool if images else state.pool

@@ -32,6 +32,13 @@ class ImageContentPart(BaseModel):
     image_url: ImageURL
 
 
+class RefusalContentPart(BaseModel):
+    """An earlier assistant turn's refusal, as OpenAI's API sends it back; in the prompt it is text."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
 _TOKEN_ID = re.compile(r"-?[0-9]{1,18}")
 MAX_STOP_CHARS = 1000
 
@@ -64,9 +71,13 @@ class UserMessage(BaseModel):
     name: str | None = None
 
 
+AssistantPart = Annotated[TextContentPart | RefusalContentPart, Field(discriminator="type")]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: TextContent | None = None
+    content: str | list[AssistantPart] | None = None
+    refusal: str | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
 

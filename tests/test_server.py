@@ -330,3 +330,37 @@ def test_cors_preflight_for_an_allowed_origin(tiny_dir):
         assert "access-control-allow-origin" not in other.headers
     finally:
         cors.stop()
+
+
+def test_content_errors_say_what_is_wrong_and_refusals_are_taken(server):
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    error = assert_error(post(server, {"messages": [{"role": "user", "content": [audio]}]}), 400)
+    assert error["param"] == "messages[0].content[0].type"
+    assert "'input_audio' is not supported by this model" in error["message"]
+    image = {"type": "image_url", "image_url": {"url": data_url(png_bytes(8, 8))}}
+    error = assert_error(post(server, {"messages": [{"role": "system", "content": [image]}, *USER]}), 400)
+    assert "'image_url' is not supported in a system message" in error["message"]
+    error = assert_error(post(server, {"messages": [{"role": "user", "content": {"text": "hi"}}]}), 400)
+    assert error["message"].endswith("content must be a string or a list of content parts")
+    # An assistant turn with a refusal part (as OpenAI returns it) is taken, rendered as its text.
+    said = [*USER, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]}, *USER]
+    as_text = [*USER, {"role": "assistant", "content": "I cannot."}, *USER]
+    ids = [
+        httpx.post(f"{server.url}/tokenize", json={"messages": m}, headers={"Authorization": f"Bearer {KEY}"}).json()
+        for m in (said, as_text)
+    ]
+    assert ids[0]["tokens"] == ids[1]["tokens"]
+    assert post(server, {"messages": said, "max_tokens": 2}).status_code == 200
+
+
+def test_image_detail_low_is_one_tile(server):
+    image = data_url(png_bytes(900, 500))
+
+    def count(detail: str | None) -> int:
+        url = {"url": image} if detail is None else {"url": image, "detail": detail}
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}]
+        headers = {"Authorization": f"Bearer {KEY}"}
+        return httpx.post(f"{server.url}/tokenize", json={"messages": messages}, headers=headers).json()["count"]
+
+    text_only = count("low") - 256  # one 448 px tile, no thumbnail: 256 image tokens
+    assert count(None) == count("auto") == count("high") == text_only + (2 + 1) * 256  # 2x1 tiles and a thumbnail
