@@ -162,3 +162,46 @@ def test_grammar_vocabulary_has_no_raw_control_characters(tiny_dir):
     assert matcher.accept_token(pieces.index("<0x41>"))
     with pytest.raises(GrammarError, match="Unsupported type"):
         grammars.compile(StructuredOutput.json_schema({"type": "strin"}))
+
+
+def test_constrained_rows_after_unconstrained_ones_are_masked_and_end_with_their_grammar(tiny_dir, preprocessor):
+    """A batch whose constrained requests sit behind unconstrained rows (the bitmask must be filled
+    at the constrained rows' own indices), with ignore_eos (the grammar's end is read once the
+    sampled token is accepted, and ends the request without any stop token)."""
+    from engine.llm_engine import EngineConfig
+    from engine.sampling_params import SamplingParams
+    from preprocessing.checkpoint import build_engine
+    from tests.engine_helpers import mixed_workload
+
+    engine = build_engine(tiny_dir, "float32", "cpu", "auto", EngineConfig(num_kv_blocks=512))
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    constrained = {
+        "choice": (StructuredOutput.choice(["yes", "no"]), lambda text: text in ("yes", "no")),
+        "schema": (StructuredOutput.json_schema(schema), lambda text: jsonschema.validate(json.loads(text), schema)),
+    }
+    try:
+        prompts = [prompt for _, prompt, _ in mixed_workload(preprocessor)[:4]]
+        for grammar, _ in constrained.values():  # compiled and cached: the requests join the first step
+            engine.compile_grammar(SamplingParams(structured_output=grammar)).result(timeout=120)
+        for k, prompt in enumerate(prompts[:3]):
+            engine.add_request(f"plain-{k}", prompt, SamplingParams(max_tokens=60, ignore_eos=True, seed=k))
+        for k, (name, (grammar, _)) in enumerate(constrained.items()):
+            params = SamplingParams(max_tokens=40, ignore_eos=True, temperature=1.0, seed=k, structured_output=grammar)
+            engine.add_request(name, prompts[3], params)
+        batches = []
+        engine.grammar_batch.apply = lambda logits, matchers, apply=engine.grammar_batch.apply: (
+            batches.append([m is not None for m in matchers]) or apply(logits, matchers)
+        )
+        texts, reasons = {}, {}
+        while engine.has_unfinished():
+            for output in engine.step():
+                texts[output.request_id] = texts.get(output.request_id, "") + output.new_text
+                if output.finished:
+                    reasons[output.request_id] = (output.finish_reason, output.error)
+        for name, (_, check) in constrained.items():
+            assert reasons[name] == ("stop", None), (name, reasons[name], texts[name])
+            check(texts[name])
+        assert all(reasons[f"plain-{k}"] == ("length", None) for k in range(3))
+        assert [False, False, False, True, True] in batches  # the constrained rows came after the others
+    finally:
+        engine.close()
