@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from server import chat, openapi, tokenization
+from server import chat, openapi, responses, tokenization
 from server import completions as text_completions
 from server.completions import Completion, CompletionRequest
 from server.completions import completion_id as cmpl_id
@@ -33,6 +33,7 @@ from server.protocol import (
     completion_id,
 )
 from server.request_body import parse_json_object
+from server.responses_protocol import ResponseDeleted, ResponseObject, ResponsesRequest, response_id
 from server.state import ServerState
 from server.stats_log import log_stats_every
 from server.streaming import ClientGone, EventStream, race, shutting_down
@@ -129,6 +130,30 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
         preparing = text_completions.prepare(state, body)
         return await _generate(state, request, preparing, answer, cmpl_id(), body.num_prompts * body.n)
+
+    @app.post("/v1/responses", **openapi.body_docs(ResponsesRequest, ResponseObject, streams=True))
+    async def create_response(request: Request) -> Response:
+        body = await _parse_body(request, ResponsesRequest, state)
+
+        def answer(prepared: responses.PreparedResponse, response_id: str) -> AsyncIterator[str] | Awaitable[BaseModel]:
+            if body.stream:
+                return responses.stream(state, response_id, prepared)
+            return responses.complete(state, response_id, prepared)
+
+        return await _generate(state, request, responses.prepare(state, body), answer, response_id(), 1)
+
+    @app.get("/v1/responses/{response_id}", responses=openapi.error_responses(404))
+    async def get_response(response_id: str) -> ResponseObject:
+        stored = state.responses.get(response_id)
+        if stored is None:
+            raise responses.response_not_found(response_id)
+        return JSONResponse(stored.response)
+
+    @app.delete("/v1/responses/{response_id}", responses=openapi.error_responses(404))
+    async def delete_response(response_id: str) -> ResponseDeleted:
+        if not state.responses.delete(response_id):
+            raise responses.response_not_found(response_id)
+        return ResponseDeleted(id=response_id)
 
     @app.post("/tokenize", **openapi.body_docs(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:

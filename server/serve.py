@@ -26,6 +26,7 @@ from server.logs import configure_logging
 from server.metrics import Metrics
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
+from server.response_store import ResponseStore
 from server.state import ServerSettings, ServerState
 
 HEALTH_PATH = "/health"
@@ -105,8 +106,19 @@ def build_state(args: argparse.Namespace) -> ServerState:
     remote = RemoteImageFetcher(settings.max_image_bytes) if settings.allow_remote_images else None
     fetch_pool = PreprocessPool(settings.remote_fetch_workers, "monovl-fetch") if remote is not None else None
     drain = Drain(settings.graceful_timeout)
+    store = ResponseStore(settings.responses_store_entries, int(settings.responses_store_memory * 2**30))
     return ServerState(
-        settings, preprocessor, engine, pool, image_pool, metrics, info.limits.max_model_len, remote, fetch_pool, drain
+        settings,
+        preprocessor,
+        engine,
+        pool,
+        image_pool,
+        metrics,
+        info.limits.max_model_len,
+        remote,
+        fetch_pool,
+        drain,
+        store,
     )
 
 

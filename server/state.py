@@ -15,6 +15,7 @@ from server.metrics import PREFIXES, Metrics
 from server.preprocess_pool import PreprocessPool
 from server.remote_images import RemoteImageFetcher
 from server.request_body import DEFAULT_MAX_VALUES
+from server.response_store import ResponseStore
 
 DEFAULT_PORT = 8000
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -106,6 +107,14 @@ class ServerSettings:
         "threads that fetch http(s) images with --allow-remote-images (they wait on the network, not the CPU)",
         minimum=1,
     )
+    responses_store_entries: int = setting(
+        1000,
+        "responses kept for GET /v1/responses/{id} and previous_response_id (least recently used dropped)",
+        minimum=0,
+    )
+    responses_store_memory: float = setting(
+        0.25, "GiB of kept responses and their conversations, images included", minimum=0
+    )
     stats_interval: float = setting(10.0, "seconds between the engine's stats lines while busy", minimum=0)
     disable_log_stats: bool = setting(False, "no stats lines (vLLM's flag)")
     engine_process: bool = setting(
@@ -132,6 +141,7 @@ class ServerState:
     remote_images: RemoteImageFetcher | None = None  # None: http(s) image URLs are refused
     fetch_pool: PreprocessPool | None = None  # the remote fetches' own threads
     drain: Drain = field(default_factory=Drain)
+    responses: ResponseStore = field(default_factory=lambda: ResponseStore(0, 0))
     in_flight: int = 0
 
     @property
