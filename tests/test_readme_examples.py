@@ -46,7 +46,7 @@ def run(command: list[str], server: ServerProcess, directory: Path) -> str:
 
 def test_the_readme_has_the_examples_it_promises():
     shell, python = examples()
-    assert len(shell) == 2 and len(python) == 3  # curl text, curl image; SDK stream, structured, tools
+    assert len(shell) == 2 and len(python) == 4  # curl text, curl image; SDK stream, structured, tools, Responses
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
