@@ -51,6 +51,7 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
+COPY monovl ./monovl
 COPY model ./model
 COPY engine ./engine
 COPY preprocessing ./preprocessing

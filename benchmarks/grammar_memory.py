@@ -17,11 +17,12 @@ import os
 import time
 from collections.abc import Callable
 
+from monovl.engine.heap import libc_function
+from monovl.engine.structured_output import RESIDENT_PER_COUNTED_BYTE, Grammars, StructuredOutput, Vocabulary
+from monovl.preprocessing.tiny_checkpoint import ensure_demo_checkpoint
+from monovl.preprocessing.tokenizer import Tokenizer
+
 from benchmarks.engine_bench import machine
-from engine.heap import libc_function
-from engine.structured_output import RESIDENT_PER_COUNTED_BYTE, Grammars, StructuredOutput, Vocabulary
-from preprocessing.tiny_checkpoint import ensure_demo_checkpoint
-from preprocessing.tokenizer import Tokenizer
 
 
 def _object(k: int, count: int, kind: str, required: bool) -> StructuredOutput:

@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from monovl.preprocessing.tiny_checkpoint import make_tiny_checkpoint
 from PIL import Image
 
 from benchmarks.engine_bench import machine
-from preprocessing.tiny_checkpoint import make_tiny_checkpoint
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     image = work / "wide.png"
     pixels = np.random.default_rng(5).integers(0, 256, (400, 900, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(image)
-    command = [sys.executable, "-m", "server.cli", "generate", "--model", str(checkpoint), "--json"]
+    command = [sys.executable, "-m", "monovl.server.cli", "generate", "--model", str(checkpoint), "--json"]
     command += ["--max-tokens", "12", "--image", str(image), "--prompt", "Describe the image."]
     command += ["--fast-path", args.fast_path]
     if args.no_aslr:

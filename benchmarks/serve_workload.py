@@ -20,15 +20,16 @@ import statistics
 import threading
 import time
 
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.checkpoint import load_checkpoint
+from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
+from monovl.server.chat import preprocess, to_conversation
+from monovl.server.image_urls import decode_data_url
+from monovl.server.protocol import ChatCompletionRequest
+
 from benchmarks.engine_bench import MID_SIZE, machine
 from benchmarks.serve_bench import workload
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.sampling_params import SamplingParams
-from preprocessing.checkpoint import load_checkpoint
-from preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
-from server.chat import preprocess, to_conversation
-from server.image_urls import decode_data_url
-from server.protocol import ChatCompletionRequest
 
 
 def run(engine: LLMEngine, chats, params: SamplingParams) -> tuple:

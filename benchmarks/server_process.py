@@ -31,7 +31,7 @@ class ServerProcess:
         *args: str,
         env: dict | None = None,
         startup_s: float = 60,
-        module: str = "server.cli",  # another module may run the same command (tests.fault_injection does)
+        module: str = "monovl.server.cli",  # another module may run the same command (tests.fault_injection does)
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

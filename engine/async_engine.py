@@ -20,12 +20,12 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from engine.core_messages import EngineInfo, EngineStats
-from engine.inputs import PromptInputs
-from engine.llm_engine import LLMEngine
-from engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve, taken
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from monovl.engine.core_messages import EngineInfo, EngineStats
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.llm_engine import LLMEngine
+from monovl.engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve, taken
+from monovl.engine.outputs import RequestOutput
+from monovl.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 

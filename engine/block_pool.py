@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from engine.request import Request
+from monovl.engine.request import Request
 
 
 class BlockPool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.grammar_probe import PROBE_START_TIMEOUT_S
-from engine.inputs import PromptInputs
-from engine.llm_engine import LLMEngine, RequestLimits
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from monovl.engine.grammar_probe import PROBE_START_TIMEOUT_S
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.llm_engine import LLMEngine, RequestLimits
+from monovl.engine.outputs import RequestOutput
+from monovl.engine.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ padding and buffer logic through it, as CUDA graphs themselves need a GPU.
 from __future__ import annotations
 
 import torch
-
-from engine.step_layout import StepLayout
-from model.forward_batch import DecodeKernel, DecodeRows, ForwardBatch, KVCache
-from model.mono_internvl import MonoInternVL
+from monovl.engine.step_layout import StepLayout
+from monovl.model.forward_batch import DecodeKernel, DecodeRows, ForwardBatch, KVCache
+from monovl.model.mono_internvl import MonoInternVL
 
 
 def capture_sizes(max_batch: int) -> list[int]:

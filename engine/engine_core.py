@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
-from engine.core_messages import (
+from monovl.engine.core_messages import (
     AbortRequest,
     Added,
     AddRequest,
@@ -32,8 +32,8 @@ from engine.core_messages import (
     Shutdown,
     StepOutputs,
 )
-from engine.heap import TRIM_INTERVAL_S, HeapTrimmer
-from engine.llm_engine import LLMEngine, RequestError
+from monovl.engine.heap import TRIM_INTERVAL_S, HeapTrimmer
+from monovl.engine.llm_engine import LLMEngine, RequestError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import time
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING
 
-from engine.grammar_probe import GrammarProbe
-from engine.structured_output import Grammars, StructuredOutput
+from monovl.engine.grammar_probe import GrammarProbe
+from monovl.engine.structured_output import Grammars, StructuredOutput
 
 if TYPE_CHECKING:
     import xgrammar

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.heap import HeapTrimmer
-from engine.structured_output import GrammarError, Grammars, GrammarTooComplex, StructuredOutput, Vocabulary
+from monovl.engine.heap import HeapTrimmer
+from monovl.engine.structured_output import GrammarError, Grammars, GrammarTooComplex, StructuredOutput, Vocabulary
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 _NICENESS = 10
@@ -42,7 +42,7 @@ class ProbeUnavailable(RuntimeError):
 class GrammarProbe:
     """One probe process, started on first use and again after it was killed. One caller at a time."""
 
-    command: tuple[str, ...] = (sys.executable, "-m", "engine.grammar_probe")
+    command: tuple[str, ...] = (sys.executable, "-m", "monovl.engine.grammar_probe")
 
     def __init__(
         self, vocabulary: Vocabulary, any_whitespace: bool, start_timeout: float = PROBE_START_TIMEOUT_S

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from model.pixel_normalization import normalize_tiles
+from monovl.model.pixel_normalization import normalize_tiles
 
 
 @dataclass(frozen=True)

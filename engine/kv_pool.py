@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-
-from model.forward_batch import KVCache
-from model.mono_internvl import MonoInternVL
+from monovl.model.forward_batch import KVCache
+from monovl.model.mono_internvl import MonoInternVL
 
 if TYPE_CHECKING:
-    from engine.llm_engine import EngineConfig
+    from monovl.engine.llm_engine import EngineConfig
 
 CONTEXT_PER_SEQUENCE = 8192  # tokens of KV the default pool holds for each of max_num_seqs
 CPU_DEFAULT_GIB = 2.0  # the default pool's cap in RAM

@@ -9,28 +9,27 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
-
-from engine.block_pool import BlockPool
-from engine.cuda_graphs import DecodeGraphs
-from engine.detokenizer import TokenDecoder
-from engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
-from engine.grammar_probe import ProbeUnavailable
-from engine.inputs import PromptInputs
-from engine.kv_pool import kv_pool_gib
-from engine.model_runner import ModelRunner, StepLogits
-from engine.output_processor import OutputProcessor
-from engine.outputs import RequestOutput, TokenLogprob
-from engine.request import Request
-from engine.sampler import sample
-from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledChunk, Scheduler
-from engine.settings import flag, setting
-from engine.step_tokens import StepTokens
-from engine.structured_output import CACHE_GIB, GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
-from engine.vision_cache import VisionCache
-from model.forward_batch import KVCache
-from model.mono_internvl import MonoInternVL
-from model.paged_attention import pick_decode_kernel
+from monovl.engine.block_pool import BlockPool
+from monovl.engine.cuda_graphs import DecodeGraphs
+from monovl.engine.detokenizer import TokenDecoder
+from monovl.engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
+from monovl.engine.grammar_probe import ProbeUnavailable
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.kv_pool import kv_pool_gib
+from monovl.engine.model_runner import ModelRunner, StepLogits
+from monovl.engine.output_processor import OutputProcessor
+from monovl.engine.outputs import RequestOutput, TokenLogprob
+from monovl.engine.request import Request
+from monovl.engine.sampler import sample
+from monovl.engine.sampling_params import SamplingParams
+from monovl.engine.scheduler import ScheduledChunk, Scheduler
+from monovl.engine.settings import flag, setting
+from monovl.engine.step_tokens import StepTokens
+from monovl.engine.structured_output import CACHE_GIB, GrammarBatch, GrammarError, Grammars, Vocabulary, new_matcher
+from monovl.engine.vision_cache import VisionCache
+from monovl.model.forward_batch import KVCache
+from monovl.model.mono_internvl import MonoInternVL
+from monovl.model.paged_attention import pick_decode_kernel
 
 if TYPE_CHECKING:
     import xgrammar

@@ -7,19 +7,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from engine.cuda_graphs import DecodeGraphs
-from engine.inputs import ImageInput
-from engine.outputs import TokenLogprob
-from engine.request import Request
-from engine.sampler import token_logprobs
-from engine.scheduler import ScheduledChunk
-from engine.step_layout import StepLayout, lay_out
-from engine.vision_cache import VisionCache
-from model.forward_batch import DecodeKernel, DecodeRows, ExpertRows, ForwardBatch, KVCache
-from model.mono_internvl import MonoInternVL
-from model.paged_attention import attend_together, padded_decode
-from model.pixel_normalization import normalize_tiles
+from monovl.engine.cuda_graphs import DecodeGraphs
+from monovl.engine.inputs import ImageInput
+from monovl.engine.outputs import TokenLogprob
+from monovl.engine.request import Request
+from monovl.engine.sampler import token_logprobs
+from monovl.engine.scheduler import ScheduledChunk
+from monovl.engine.step_layout import StepLayout, lay_out
+from monovl.engine.vision_cache import VisionCache
+from monovl.model.forward_batch import DecodeKernel, DecodeRows, ExpertRows, ForwardBatch, KVCache
+from monovl.model.mono_internvl import MonoInternVL
+from monovl.model.paged_attention import attend_together, padded_decode
+from monovl.model.pixel_normalization import normalize_tiles
 
 # Prompt positions whose logits are made at once: a long prompt's full logits would not fit in memory.
 PROMPT_LOGITS_SLICE = 512

@@ -15,9 +15,9 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from engine.detokenizer import IncrementalDetokenizer, TokenDecoder
-from engine.outputs import RequestOutput, RequestTimings
-from engine.sampling_params import SamplingParams
+from monovl.engine.detokenizer import IncrementalDetokenizer, TokenDecoder
+from monovl.engine.outputs import RequestOutput, RequestTimings
+from monovl.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from engine.llm_engine import RequestError
-from engine.outputs import RequestOutput
+from monovl.engine.llm_engine import RequestError
+from monovl.engine.outputs import RequestOutput
 
 log = logging.getLogger(__name__)
 

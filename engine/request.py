@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-
-from engine.inputs import PromptInputs
-from engine.outputs import RequestTimings, TokenLogprob
-from engine.sampling_params import SamplingParams
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.outputs import RequestTimings, TokenLogprob
+from monovl.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     import xgrammar

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from engine.outputs import TokenLogprob
-from engine.request import Request
+from monovl.engine.outputs import TokenLogprob
+from monovl.engine.request import Request
 
 
 @dataclass(frozen=True)

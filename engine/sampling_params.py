@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.structured_output import StructuredOutput
+from monovl.engine.structured_output import StructuredOutput
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

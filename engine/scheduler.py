@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.block_pool import BlockPool
-from engine.request import Request, RequestStatus
+from monovl.engine.block_pool import BlockPool
+from monovl.engine.request import Request, RequestStatus
 
 
 @dataclass(frozen=True)

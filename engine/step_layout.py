@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from engine.scheduler import ScheduledChunk
+from monovl.engine.scheduler import ScheduledChunk
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ import os
 from dataclasses import dataclass, fields
 
 import torch
-
-from model.onednn_linear import onednn_linear_works
+from monovl.model.onednn_linear import onednn_linear_works
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-
-from model.config import LLMConfig
+from monovl.model.config import LLMConfig
 
 
 @dataclass

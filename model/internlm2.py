@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monovl.model.config import LLMConfig
+from monovl.model.fast_path import FastPath
+from monovl.model.forward_batch import ExpertRows, ForwardBatch, KVCache
+from monovl.model.paged_attention import paged_attention, write_kv
+from monovl.model.rope import apply_rotary
 from torch import nn
 
-from model.config import LLMConfig
-from model.fast_path import FastPath
-from model.forward_batch import ExpertRows, ForwardBatch, KVCache
-from model.paged_attention import paged_attention, write_kv
-from model.rope import apply_rotary
-
 try:
-    from model.fused_ops import rms_norm, rotary_and_cache, silu_mul
+    from monovl.model.fused_ops import rms_norm, rotary_and_cache, silu_mul
 except ImportError:  # Triton is optional: FastPath.parse turns these kernels on only where it imports
     rms_norm = rotary_and_cache = silu_mul = None  # type: ignore[assignment]
 

@@ -15,13 +15,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
+from monovl.model.config import ModelConfig
+from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
+from monovl.model.fast_path import FastPath
+from monovl.model.mono_internvl import MonoInternVL
 from safetensors import SafetensorError, safe_open
 from torch import nn
-
-from model.config import ModelConfig
-from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
-from model.fast_path import FastPath
-from model.mono_internvl import MonoInternVL
 
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import torch
+from monovl.model.config import ModelConfig
+from monovl.model.fast_path import FastPath
+from monovl.model.forward_batch import ForwardBatch, KVCache
+from monovl.model.internlm2 import PLAIN, InternLM2VEForCausalLM
+from monovl.model.onednn_linear import reorder_linears
+from monovl.model.rope import RotaryEmbedding
+from monovl.model.vision import InternVisionPatchModel, pixel_shuffle
 from torch import nn
-
-from model.config import ModelConfig
-from model.fast_path import FastPath
-from model.forward_batch import ForwardBatch, KVCache
-from model.internlm2 import PLAIN, InternLM2VEForCausalLM
-from model.onednn_linear import reorder_linears
-from model.rope import RotaryEmbedding
-from model.vision import InternVisionPatchModel, pixel_shuffle
 
 
 class MonoInternVL(nn.Module):

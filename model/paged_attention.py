@@ -21,10 +21,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from monovl.model.fast_path import triton_runs_on
+from monovl.model.forward_batch import DecodeKernel, ForwardBatch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from model.fast_path import triton_runs_on
-from model.forward_batch import DecodeKernel, ForwardBatch
 
 # Not cuDNN: torch picks its attention first on Hopper, and it builds an execution plan on the CPU
 # for every new shape; prefill chunks seldom repeat a shape, so planning would dominate a prefill
@@ -40,7 +39,7 @@ def pick_decode_kernel(backend: str, device: torch.device) -> DecodeKernel | Non
         if backend == "triton":
             raise ValueError("attention backend 'triton' needs CUDA and Triton (or TRITON_INTERPRET=1, for tests)")
         return None
-    from model.triton_decode import paged_decode
+    from monovl.model.triton_decode import paged_decode
 
     return paged_decode
 

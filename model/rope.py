@@ -13,8 +13,7 @@ only when that length exceeds `max_position_embeddings`. Callers pass that lengt
 from __future__ import annotations
 
 import torch
-
-from model.config import LLMConfig
+from monovl.model.config import LLMConfig
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from monovl.model.config import ModelConfig
+from monovl.model.mono_internvl import MonoInternVL
 from safetensors.torch import save_file
-
-from model.config import ModelConfig
-from model.mono_internvl import MonoInternVL
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monovl.model.config import VisionConfig
 from torch import nn
-
-from model.config import VisionConfig
 
 
 class InternVisionEmbeddings(nn.Module):

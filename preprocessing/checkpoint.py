@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
-from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
-from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
-from model.mono_internvl import MonoInternVL
-from preprocessing.processor import Preprocessor
-from preprocessing.tiny_checkpoint import ensure_demo_checkpoint
+from monovl.engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
+from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
+from monovl.model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
+from monovl.model.mono_internvl import MonoInternVL
+from monovl.preprocessing.processor import Preprocessor
+from monovl.preprocessing.tiny_checkpoint import ensure_demo_checkpoint
 
 
 @dataclass

@@ -6,12 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.inputs import ImageInput, PromptInputs
-from model.config import ModelConfig
-from preprocessing.chat_template import IMG_CONTEXT, STOP_TOKENS, ChatMessage, ImagePart, render_prompt
-from preprocessing.image_decode import MAX_IMAGE_PIXELS, decode_image
-from preprocessing.tiling import tile_image, tiles_to_pixels
-from preprocessing.tokenizer import Tokenizer
+from monovl.engine.inputs import ImageInput, PromptInputs
+from monovl.model.config import ModelConfig
+from monovl.preprocessing.chat_template import IMG_CONTEXT, STOP_TOKENS, ChatMessage, ImagePart, render_prompt
+from monovl.preprocessing.image_decode import MAX_IMAGE_PIXELS, decode_image
+from monovl.preprocessing.tiling import tile_image, tiles_to_pixels
+from monovl.preprocessing.tokenizer import Tokenizer
 
 
 class Preprocessor:

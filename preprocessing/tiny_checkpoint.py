@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-from model.config import ModelConfig
-from model.tiny_weights import TinyShape, config_dict, random_weights, write_shards
-from preprocessing.chat_template import IM_END
-from preprocessing.tiny_tokenizer import write_tiny_tokenizer
+from monovl.model.config import ModelConfig
+from monovl.model.tiny_weights import TinyShape, config_dict, random_weights, write_shards
+from monovl.preprocessing.chat_template import IM_END
+from monovl.preprocessing.tiny_tokenizer import write_tiny_tokenizer
 
 
 def make_tiny_checkpoint(

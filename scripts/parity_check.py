@@ -35,7 +35,7 @@ def run_reference(args: argparse.Namespace) -> dict:
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "server.cli", "generate", "--model", args.checkpoint, "--json"]
+    cmd = [sys.executable, "-m", "monovl.server.cli", "generate", "--model", args.checkpoint, "--json"]
     cmd += ["--max-tokens", str(args.max_tokens), "--dtype", "float32"]
     for image in args.image:
         cmd += ["--image", image]

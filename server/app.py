@@ -13,18 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-
-from server import chat, openapi, responses, tokenization
-from server import completions as text_completions
-from server.completions import Completion, CompletionRequest
-from server.completions import completion_id as cmpl_id
-from server.errors import APIError, bad_request
-from server.guard import Guard
-from server.logs import request_cut, request_failed
-from server.protocol import (
+from monovl.server import chat, openapi, responses, tokenization
+from monovl.server import completions as text_completions
+from monovl.server.completions import Completion, CompletionRequest
+from monovl.server.completions import completion_id as cmpl_id
+from monovl.server.errors import APIError, bad_request
+from monovl.server.guard import Guard
+from monovl.server.logs import request_cut, request_failed
+from monovl.server.protocol import (
     MESSAGE_ROLES,
     ChatCompletion,
     ChatCompletionRequest,
@@ -32,13 +28,16 @@ from server.protocol import (
     ModelList,
     completion_id,
 )
-from server.request_body import parse_json_object
-from server.responses_protocol import ResponseDeleted, ResponseObject, ResponsesRequest, response_id
-from server.state import ServerState
-from server.stats_log import log_stats_every
-from server.streaming import ClientGone, EventStream, race, shutting_down
-from server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from server.version import version
+from monovl.server.request_body import parse_json_object
+from monovl.server.responses_protocol import ResponseDeleted, ResponseObject, ResponsesRequest, response_id
+from monovl.server.state import ServerState
+from monovl.server.stats_log import log_stats_every
+from monovl.server.streaming import ClientGone, EventStream, race, shutting_down
+from monovl.server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from monovl.server.version import version
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 VERSION = version()
 T = TypeVar("T", bound=BaseModel)

@@ -9,17 +9,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from engine.inputs import PromptInputs
-from engine.outputs import TokenLogprob
-from engine.sampling_params import SamplingParams, SamplingParamsError
-from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from preprocessing.image_decode import ImageError, ImageTooLarge
-from preprocessing.processor import Preprocessor
-from preprocessing.tokenizer import Tokenizer
-from server.errors import APIError, bad_request, error_event
-from server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
-from server.image_urls import decode_data_url
-from server.protocol import (
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.outputs import TokenLogprob
+from monovl.engine.sampling_params import SamplingParams, SamplingParamsError
+from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from monovl.preprocessing.image_decode import ImageError, ImageTooLarge
+from monovl.preprocessing.processor import Preprocessor
+from monovl.preprocessing.tokenizer import Tokenizer
+from monovl.server.errors import APIError, bad_request, error_event
+from monovl.server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
+from monovl.server.image_urls import decode_data_url
+from monovl.server.protocol import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -37,9 +37,9 @@ from server.protocol import (
     TopLogprob,
     Usage,
 )
-from server.state import ServerState
-from server.structured_outputs import requested_constraint
-from server.tools import (
+from monovl.server.state import ServerState
+from monovl.server.structured_outputs import requested_constraint
+from monovl.server.tools import (
     ACTION_END,
     ACTION_START,
     PLUGIN,

@@ -8,11 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from engine.sampling_params import SamplingParams
-from model.fast_path import DEFAULT as FAST_PATH_DEFAULT
-from model.fast_path import NAMES as FAST_PATH_NAMES
-from preprocessing.tiny_checkpoint import add_shape_args, shape_from_args
-from server.version import version
+from monovl.engine.sampling_params import SamplingParams
+from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
+from monovl.model.fast_path import NAMES as FAST_PATH_NAMES
+from monovl.preprocessing.tiny_checkpoint import add_shape_args, shape_from_args
+from monovl.server.version import version
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     # As `vllm serve MODEL`: the model may come first, without --model.
     serve.add_argument("model_tag", nargs="?", metavar="MODEL", help="the same as --model")
     _add_model_args(serve)
-    from server.serve import add_serve_args
+    from monovl.server.serve import add_serve_args
 
     add_serve_args(serve)
 
@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
             parser.error(f"two models given: {tag} and --model {args.model}")
         args.model = tag or args.model or os.environ.get("MONOVL_MODEL") or None
     if args.command == "serve":
-        from model.loader import CheckpointError
-        from server.serve import check_settings
+        from monovl.model.loader import CheckpointError
+        from monovl.server.serve import check_settings
 
         try:
             conflicts = check_settings(args)
@@ -96,15 +96,15 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parse_args(argv, parser)
-    from model.config import ConfigError
-    from model.loader import CheckpointError
-    from preprocessing.image_decode import ImageError
-    from preprocessing.tokenizer import TokenizerError
-    from server.serve import SettingsError
+    from monovl.model.config import ConfigError
+    from monovl.model.loader import CheckpointError
+    from monovl.preprocessing.image_decode import ImageError
+    from monovl.preprocessing.tokenizer import TokenizerError
+    from monovl.server.serve import SettingsError
 
     try:
         if args.command == "serve":
-            from server.serve import serve
+            from monovl.server.serve import serve
 
             serve(args)
         elif args.command == "generate":
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
-    from preprocessing.tiny_checkpoint import make_tiny_checkpoint
+    from monovl.preprocessing.tiny_checkpoint import make_tiny_checkpoint
 
     shape = shape_from_args(args)
     out = make_tiny_checkpoint(
@@ -126,7 +126,7 @@ def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
 
 
 def _conversation(args: argparse.Namespace, num_images: int) -> list:
-    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+    from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 
     turns = json.loads(args.history_json.read_text(encoding="utf-8")) if args.history_json else []
     if not isinstance(turns, list) or not all(isinstance(t, list) and len(t) == 2 for t in turns):
@@ -142,8 +142,8 @@ def _conversation(args: argparse.Namespace, num_images: int) -> list:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from preprocessing.checkpoint import load_checkpoint
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.preprocessing.checkpoint import load_checkpoint
 
     images = [Path(p).read_bytes() for p in args.image]
     loaded = load_checkpoint(args.model, args.dtype, args.device, args.fast_path)

@@ -16,20 +16,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.outputs import TokenLogprob
+from monovl.engine.sampling_params import SamplingParams, SamplingParamsError
+from monovl.preprocessing.tokenizer import Tokenizer
+from monovl.server.echo_json import echo_response
+from monovl.server.errors import APIError, bad_request, error_event
+from monovl.server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
+from monovl.server.protocol import SamplingRequest, Usage
+from monovl.server.state import ServerState
+from monovl.server.structured_outputs import requested_constraint
+from monovl.server.tools import ToolMode
 from pydantic import BaseModel, Field, StrictInt, field_validator
 from starlette.responses import Response
-
-from engine.inputs import PromptInputs
-from engine.outputs import TokenLogprob
-from engine.sampling_params import SamplingParams, SamplingParamsError
-from preprocessing.tokenizer import Tokenizer
-from server.echo_json import echo_response
-from server.errors import APIError, bad_request, error_event
-from server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
-from server.protocol import SamplingRequest, Usage
-from server.state import ServerState
-from server.structured_outputs import requested_constraint
-from server.tools import ToolMode
 
 MAX_PROMPTS = 64
 

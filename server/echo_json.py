@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 
 if TYPE_CHECKING:
-    from server.completions import Completion, CompletionLogprobs
+    from monovl.server.completions import Completion, CompletionLogprobs
 
 _FIELDS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 

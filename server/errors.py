@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from fastapi.responses import Response
-
-from server.logs import request_failed
+from monovl.server.logs import request_failed
 
 
 class APIError(Exception):

@@ -10,18 +10,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.llm_engine import UNAVAILABLE, RequestError, RequestLimits
+from monovl.engine.output_streams import EngineDeadError, EngineNotAnswering
+from monovl.engine.outputs import RequestOutput
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.tokenizer import Tokenizer
+from monovl.server.errors import APIError, bad_request
+from monovl.server.protocol import PromptTokensDetails, Usage
+from monovl.server.state import ServerState
+from monovl.server.structured_outputs import Constraint
 from pydantic import BaseModel
-
-from engine.inputs import PromptInputs
-from engine.llm_engine import UNAVAILABLE, RequestError, RequestLimits
-from engine.output_streams import EngineDeadError, EngineNotAnswering
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
-from preprocessing.tokenizer import Tokenizer
-from server.errors import APIError, bad_request
-from server.protocol import PromptTokensDetails, Usage
-from server.state import ServerState
-from server.structured_outputs import Constraint
 
 log = logging.getLogger(__name__)
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

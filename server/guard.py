@@ -22,12 +22,11 @@ import logging
 import time
 import uuid
 
+from monovl.server.errors import APIError
+from monovl.server.logs import begin_request, request_failed
+from monovl.server.state import ServerSettings
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from server.errors import APIError
-from server.logs import begin_request, request_failed
-from server.state import ServerSettings
 
 log = logging.getLogger("monovl.access")
 # What a load balancer, an orchestrator and a scraper call without the key; every other path needs it.

@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 
-from server.errors import APIError, bad_request
+from monovl.server.errors import APIError, bad_request
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 

@@ -17,9 +17,8 @@ import signal
 from types import FrameType
 
 import uvicorn
-
-from server.memory import trim_now_and_then
-from server.state import ServerState
+from monovl.server.memory import trim_now_and_then
+from monovl.server.state import ServerState
 
 log = logging.getLogger("monovl")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from engine.heap import TRIM_INTERVAL_S, libc_function
+from monovl.engine.heap import TRIM_INTERVAL_S, libc_function
 
 ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h

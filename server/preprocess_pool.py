@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
-from preprocessing.cpu_priority import lower_priority
+from monovl.preprocessing.cpu_priority import lower_priority
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -11,10 +11,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
+from monovl.engine.sampling_params import INT64_MAX, INT64_MIN, SamplingParams, SamplingParamsError
+from monovl.engine.structured_output import StructuredOutput
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
-
-from engine.sampling_params import INT64_MAX, INT64_MIN, SamplingParams, SamplingParamsError
-from engine.structured_output import StructuredOutput
 
 
 class ImageURL(BaseModel):

@@ -14,7 +14,7 @@ import ssl
 import time
 from urllib.parse import urljoin, urlsplit
 
-from server.errors import APIError, bad_request
+from monovl.server.errors import APIError, bad_request
 
 REDIRECTS = (301, 302, 303, 307, 308)
 

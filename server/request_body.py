@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 
-from server.errors import APIError, bad_request
+from monovl.server.errors import APIError, bad_request
 
 # A \uD800-\uDFFF escape: half of a surrogate pair, or a lone one (checked only when present).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -13,15 +13,13 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from server import chat
-from server.errors import APIError, bad_request
-from server.generation import Tally, check_model, outputs
-from server.logs import request_failed
-from server.protocol import ChatCompletionRequest, DeltaMessage
-from server.response_store import StoredResponse
-from server.responses_protocol import (
+from monovl.server import chat
+from monovl.server.errors import APIError, bad_request
+from monovl.server.generation import Tally, check_model, outputs
+from monovl.server.logs import request_failed
+from monovl.server.protocol import ChatCompletionRequest, DeltaMessage
+from monovl.server.response_store import StoredResponse
+from monovl.server.responses_protocol import (
     FunctionCallItem,
     FunctionCallOut,
     FunctionCallOutputItem,
@@ -40,8 +38,9 @@ from server.responses_protocol import (
     TextFormatJSONObject,
     TextFormatJSONSchema,
 )
-from server.state import ServerState
-from server.tools import ChoiceReader
+from monovl.server.state import ServerState
+from monovl.server.tools import ChoiceReader
+from pydantic import ValidationError
 
 # A chat field's name in a refusal, as the Responses request names it.
 _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}

@@ -8,9 +8,8 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
+from monovl.server.protocol import JSONSchemaFormat
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
-
-from server.protocol import JSONSchemaFormat
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 

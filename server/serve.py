@@ -11,23 +11,22 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
-from engine.async_engine import AsyncEngine
-from engine.engine_process import EngineProcess
-from engine.llm_engine import EngineConfig
-from engine.output_processor import OutputProcessor
-from engine.settings import add_arguments, from_arguments
-from model.config import ModelConfig
-from preprocessing.checkpoint import build_engine, checkpoint_directory, parse_device
-from preprocessing.cpu_priority import IMAGE_NICENESS
-from preprocessing.processor import Preprocessor
-from server.drain import Drain
-from server.logs import configure_logging
-from server.metrics import Metrics
-from server.preprocess_pool import PreprocessPool
-from server.remote_images import RemoteImageFetcher
-from server.response_store import ResponseStore
-from server.state import ServerSettings, ServerState
+from monovl.engine.async_engine import AsyncEngine
+from monovl.engine.engine_process import EngineProcess
+from monovl.engine.llm_engine import EngineConfig
+from monovl.engine.output_processor import OutputProcessor
+from monovl.engine.settings import add_arguments, from_arguments
+from monovl.model.config import ModelConfig
+from monovl.preprocessing.checkpoint import build_engine, checkpoint_directory, parse_device
+from monovl.preprocessing.cpu_priority import IMAGE_NICENESS
+from monovl.preprocessing.processor import Preprocessor
+from monovl.server.drain import Drain
+from monovl.server.logs import configure_logging
+from monovl.server.metrics import Metrics
+from monovl.server.preprocess_pool import PreprocessPool
+from monovl.server.remote_images import RemoteImageFetcher
+from monovl.server.response_store import ResponseStore
+from monovl.server.state import ServerSettings, ServerState
 
 HEALTH_PATH = "/health"
 log = logging.getLogger("monovl")
@@ -171,11 +170,10 @@ def log_startup(state: ServerState, load_seconds: float) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
-
-    from server.app import create_app
-    from server.connections import header_deadline_protocol
-    from server.lifecycle import ENGINE_DIED_EXIT_STATUS, Server
-    from server.memory import limit_arenas
+    from monovl.server.app import create_app
+    from monovl.server.connections import header_deadline_protocol
+    from monovl.server.lifecycle import ENGINE_DIED_EXIT_STATUS, Server
+    from monovl.server.memory import limit_arenas
 
     configure_logging(args.log_level, args.log_format)
     limit_arenas()  # before the engine, preprocessing and OpenMP threads start (server/memory.py)

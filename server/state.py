@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.async_engine import AsyncEngine
-from engine.engine_process import EngineProcess
-from engine.settings import setting
-from preprocessing.processor import Preprocessor
-from server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
-from server.drain import GRACEFUL_TIMEOUT_S, Drain
-from server.logs import LOG_FORMATS, LOG_LEVELS
-from server.metrics import PREFIXES, Metrics
-from server.preprocess_pool import PreprocessPool
-from server.remote_images import RemoteImageFetcher
-from server.request_body import DEFAULT_MAX_VALUES
-from server.response_store import ResponseStore
+from monovl.engine.async_engine import AsyncEngine
+from monovl.engine.engine_process import EngineProcess
+from monovl.engine.settings import setting
+from monovl.preprocessing.processor import Preprocessor
+from monovl.server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
+from monovl.server.drain import GRACEFUL_TIMEOUT_S, Drain
+from monovl.server.logs import LOG_FORMATS, LOG_LEVELS
+from monovl.server.metrics import PREFIXES, Metrics
+from monovl.server.preprocess_pool import PreprocessPool
+from monovl.server.remote_images import RemoteImageFetcher
+from monovl.server.request_body import DEFAULT_MAX_VALUES
+from monovl.server.response_store import ResponseStore
 
 DEFAULT_PORT = 8000
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from server.metrics import Metrics
+from monovl.server.metrics import Metrics
 
 log = logging.getLogger("monovl.stats")
 

@@ -13,12 +13,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from monovl.server.drain import Drain
+from monovl.server.errors import APIError, error_event
+from monovl.server.logs import request_cut
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-
-from server.drain import Drain
-from server.errors import APIError, error_event
-from server.logs import request_cut
 
 T = TypeVar("T")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from engine.structured_output import StructuredOutput
-from server.errors import bad_request
-from server.protocol import ChatCompletionRequest, ResponseFormatJSONObject, ResponseFormatJSONSchema
-from server.tools import ToolMode, forced_call_grammar
+from monovl.engine.structured_output import StructuredOutput
+from monovl.server.errors import bad_request
+from monovl.server.protocol import ChatCompletionRequest, ResponseFormatJSONObject, ResponseFormatJSONSchema
+from monovl.server.tools import ToolMode, forced_call_grammar
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.structured_output import StructuredOutput
-from server.errors import bad_request
-from server.protocol import (
+from monovl.engine.structured_output import StructuredOutput
+from monovl.server.errors import bad_request
+from monovl.server.protocol import (
     ChatCompletionRequest,
     DeltaFunctionCall,
     DeltaMessage,

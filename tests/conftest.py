@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monovl.model.loader import load_model
+from monovl.model.tiny_weights import TinyShape
+from monovl.preprocessing.processor import Preprocessor
+from monovl.preprocessing.tiny_checkpoint import make_tiny_checkpoint
 from PIL import Image
-
-from model.loader import load_model
-from model.tiny_weights import TinyShape
-from preprocessing.processor import Preprocessor
-from preprocessing.tiny_checkpoint import make_tiny_checkpoint
 
 torch.set_num_threads(2)
 
@@ -64,7 +63,17 @@ def png_bytes(width: int, height: int, mode: str = "RGB", seed: int = 0, fmt: st
 
 def generate_cli(checkpoint: Path, prompt: str, max_tokens: int, *extra: str) -> dict:
     """`monovl generate --json` run as a user runs it; its JSON record."""
-    cmd = [sys.executable, "-m", "server.cli", "generate", "--model", str(checkpoint), "--json", "--prompt", prompt]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monovl.server.cli",
+        "generate",
+        "--model",
+        str(checkpoint),
+        "--json",
+        "--prompt",
+        prompt,
+    ]
     cmd += ["--max-tokens", str(max_tokens), *extra]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from engine.inputs import PromptInputs
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.sampling_params import SamplingParams
-from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from preprocessing.processor import Preprocessor
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from monovl.preprocessing.processor import Preprocessor
+
 from tests.conftest import png_bytes
 
 

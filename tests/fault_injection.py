@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-
-from engine.model_runner import DeviceError, ModelRunner
-from server.cli import main
+from monovl.engine.model_runner import DeviceError, ModelRunner
+from monovl.server.cli import main
 
 TRIGGER = Path(os.environ["MONOVL_FAULT_TRIGGER"])
 FAULT = os.environ.get("MONOVL_FAULT", "lost")

@@ -4,13 +4,13 @@ import asyncio
 import threading
 
 import pytest
+from monovl.engine import output_streams
+from monovl.engine.async_engine import AsyncEngine
+from monovl.engine.core_messages import EngineInfo
+from monovl.engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
+from monovl.engine.output_streams import EngineNotAnswering, _deliver
+from monovl.engine.sampling_params import SamplingParams
 
-from engine import output_streams
-from engine.async_engine import AsyncEngine
-from engine.core_messages import EngineInfo
-from engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
-from engine.output_streams import EngineNotAnswering, _deliver
-from engine.sampling_params import SamplingParams
 from tests.engine_helpers import mixed_workload
 
 

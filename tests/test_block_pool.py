@@ -1,9 +1,9 @@
 """The KV block pool: allocation, freeing, and prefix caching by chained content hash."""
 
-from engine.block_pool import BlockPool
-from engine.inputs import PromptInputs
-from engine.request import Request
-from engine.sampling_params import SamplingParams
+from monovl.engine.block_pool import BlockPool
+from monovl.engine.inputs import PromptInputs
+from monovl.engine.request import Request
+from monovl.engine.sampling_params import SamplingParams
 
 SEED = b"rope"
 

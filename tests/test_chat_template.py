@@ -1,6 +1,6 @@
 """The internlm2-chat prompt, byte for byte."""
 
-from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, ChatMessage, ImagePart, TextPart, render_prompt
+from monovl.preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, ChatMessage, ImagePart, TextPart, render_prompt
 
 SYSTEM = "<|im_start|>system\n" + DEFAULT_SYSTEM_MESSAGE + "<|im_end|>"
 

@@ -2,8 +2,7 @@ import copy
 import json
 
 import pytest
-
-from model.config import ConfigError, ModelConfig
+from monovl.model.config import ConfigError, ModelConfig
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from server.cli import parse_args
-from server.serve import HEALTH_PATH
-from server.state import DEFAULT_PORT
+from monovl.server.cli import parse_args
+from monovl.server.serve import HEALTH_PATH
+from monovl.server.state import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.model.loader import load_model
+from monovl.model.pixel_normalization import normalize_tiles
+from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from monovl.preprocessing.checkpoint import LoadedCheckpoint
+from monovl.preprocessing.processor import Preprocessor
 
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.sampling_params import SamplingParams
-from model.loader import load_model
-from model.pixel_normalization import normalize_tiles
-from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from preprocessing.checkpoint import LoadedCheckpoint
-from preprocessing.processor import Preprocessor
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -19,8 +19,8 @@ CUDA = torch.device("cuda")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads", "d"), [(16, 8, 128), (4, 2, 16), (8, 1, 64)])
 def test_triton_decode_equals_the_torch_path(dtype, heads, kv_heads, d):
-    from model.paged_attention import causal_gqa, gather_context
-    from model.triton_decode import paged_decode
+    from monovl.model.paged_attention import causal_gqa, gather_context
+    from monovl.model.triton_decode import paged_decode
 
     g = torch.Generator(device=CUDA).manual_seed(0)
     k_cache = torch.randn(64, 16, kv_heads, d, device=CUDA, generator=g).to(dtype)
@@ -91,18 +91,17 @@ def test_every_fast_path_gives_the_plain_tokens_in_float32(tiny_dir):
 
 
 def test_grouped_experts_run_in_bfloat16():
-    from model.fast_path import grouped_mm_works
+    from monovl.model.fast_path import grouped_mm_works
 
     assert grouped_mm_works(CUDA, torch.bfloat16)
 
 
 def test_fused_kernels_round_as_the_plain_path_in_bfloat16():
     import torch.nn.functional as F
-
-    from model.fused_ops import rms_norm, rotary_and_cache, silu_mul
-    from model.internlm2 import InternLM2RMSNorm
-    from model.paged_attention import write_kv
-    from model.rope import apply_rotary
+    from monovl.model.fused_ops import rms_norm, rotary_and_cache, silu_mul
+    from monovl.model.internlm2 import InternLM2RMSNorm
+    from monovl.model.paged_attention import write_kv
+    from monovl.model.rope import apply_rotary
 
     g = torch.Generator(device=CUDA).manual_seed(0)
     dtype = torch.bfloat16
@@ -140,7 +139,7 @@ def test_fused_kernels_round_as_the_plain_path_in_bfloat16():
 def test_prefill_attention_on_cuda_equals_the_cpu(dtype, n, seq_len):
     # Whole prompts (is_causal), chunks after cached context (causal_lower_right, flash on CUDA in bf16)
     # and single queries, against the CPU in float32.
-    from model.paged_attention import causal_gqa
+    from monovl.model.paged_attention import causal_gqa
 
     g = torch.Generator().manual_seed(n)
     q, k, v = (

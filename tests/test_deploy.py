@@ -6,10 +6,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
-from server.metrics import Metrics
-from server.serve import HEALTH_PATH
-from server.state import DEFAULT_PORT
+from monovl.server.metrics import Metrics
+from monovl.server.serve import HEALTH_PATH
+from monovl.server.state import DEFAULT_PORT
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 

@@ -4,17 +4,17 @@ import dataclasses
 
 import pytest
 import torch
+from monovl.engine.llm_engine import EngineConfig, LLMEngine, RequestError
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.chat_template import ChatMessage
 
-from engine.llm_engine import EngineConfig, LLMEngine, RequestError
-from engine.sampling_params import SamplingParams
-from preprocessing.chat_template import ChatMessage
 from tests.conftest import generate_cli
 from tests.engine_helpers import mixed_workload, run, solo_results
 
 
 @pytest.fixture(scope="module")
 def tokens(preprocessor):
-    from engine.llm_engine import TokenizerInfo
+    from monovl.engine.llm_engine import TokenizerInfo
 
     return TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
 
@@ -168,7 +168,7 @@ def test_the_context_limits_prompt_and_max_tokens_as_vllm(tiny_model, tokens, pr
 
 
 def test_max_model_len_defaults_to_the_configs_context(make_checkpoint, tokens):
-    from model.loader import load_model
+    from monovl.model.loader import load_model
 
     for rope, context in (("none", 4096), ("dynamic:2.0", 8192), ("linear:4.0", 16384)):
         directory = make_checkpoint(max_position_embeddings=4096, rope_scaling=rope)

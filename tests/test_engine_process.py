@@ -11,17 +11,17 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from monovl.engine.engine_process import EngineProcess
+from monovl.engine.llm_engine import EngineConfig, RequestError
+from monovl.engine.output_processor import OutputProcessor
+from monovl.engine.output_streams import EngineDeadError
+from monovl.engine.sampling_params import SamplingParams
+from monovl.engine.structured_output import StructuredOutput
+from monovl.model.config import ModelConfig
+from monovl.model.loader import CheckpointError
+from monovl.preprocessing.checkpoint import build_engine
+from monovl.preprocessing.processor import Preprocessor
 
-from engine.engine_process import EngineProcess
-from engine.llm_engine import EngineConfig, RequestError
-from engine.output_processor import OutputProcessor
-from engine.output_streams import EngineDeadError
-from engine.sampling_params import SamplingParams
-from engine.structured_output import StructuredOutput
-from model.config import ModelConfig
-from model.loader import CheckpointError
-from preprocessing.checkpoint import build_engine
-from preprocessing.processor import Preprocessor
 from tests.engine_helpers import FakeDecoder, mixed_workload, run
 
 CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
@@ -207,10 +207,10 @@ ORPHANING = """
 import os, sys
 from functools import partial
 from pathlib import Path
-from engine.engine_process import EngineProcess
-from engine.llm_engine import EngineConfig
-from engine.output_processor import OutputProcessor
-from preprocessing.checkpoint import build_engine
+from monovl.engine.engine_process import EngineProcess
+from monovl.engine.llm_engine import EngineConfig
+from monovl.engine.output_processor import OutputProcessor
+from monovl.preprocessing.checkpoint import build_engine
 from tests.engine_helpers import FakeDecoder
 build = partial(build_engine, sys.argv[1], "float32", "cpu", "auto", EngineConfig(num_kv_blocks=64), detokenize=False)
 engine = EngineProcess(build, OutputProcessor(FakeDecoder(), ()))

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from monovl.model.fast_path import FastPath, grouped_mm_works
+from monovl.model.forward_batch import ExpertRows
+from monovl.model.internlm2 import InternLM2DecoderLayer
+from monovl.model.onednn_linear import OneDNNLinear, onednn_linear_works, reorder_linears
 
-from model.fast_path import FastPath, grouped_mm_works
-from model.forward_batch import ExpertRows
-from model.internlm2 import InternLM2DecoderLayer
-from model.onednn_linear import OneDNNLinear, onednn_linear_works, reorder_linears
 from tests.test_decoder_math import config, randomize
 from tests.test_triton_decode import run_interpreted
 
@@ -20,10 +20,10 @@ KERNELS_VS_PLAIN = """
 import json
 import torch
 import torch.nn.functional as F
-from model.fused_ops import rms_norm, rotary_and_cache, silu_mul
-from model.internlm2 import InternLM2RMSNorm
-from model.paged_attention import write_kv
-from model.rope import apply_rotary
+from monovl.model.fused_ops import rms_norm, rotary_and_cache, silu_mul
+from monovl.model.internlm2 import InternLM2RMSNorm
+from monovl.model.paged_attention import write_kv
+from monovl.model.rope import apply_rotary
 
 torch.manual_seed(0)
 worst = {}
@@ -63,9 +63,9 @@ print(json.dumps(worst))
 
 ENGINE_FAST_VS_PLAIN = """
 import json, sys
-from engine.llm_engine import EngineConfig, LLMEngine
-from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from preprocessing.checkpoint import load_checkpoint
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from monovl.preprocessing.checkpoint import load_checkpoint
 from tests.conftest import png_bytes
 from tests.engine_helpers import greedy_tokens
 
@@ -149,9 +149,10 @@ def test_onednn_linears_equal_the_plain_layers(dtype):
 
 @needs_onednn
 def test_engine_on_onednn_linears_gives_the_plain_tokens(tiny_dir):
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-    from preprocessing.checkpoint import load_checkpoint
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+    from monovl.preprocessing.checkpoint import load_checkpoint
+
     from tests.conftest import png_bytes
     from tests.engine_helpers import greedy_tokens
 
@@ -185,7 +186,7 @@ def test_triton_kernels_are_refused_where_they_cannot_run(monkeypatch):
     # On the CPU a compiled Triton kernel has no driver: asked for there, it must fail at start,
     # not on every request. The interpreter (the tests' way to run them) is the exception.
     pytest.importorskip("triton")
-    from model.paged_attention import pick_decode_kernel
+    from monovl.model.paged_attention import pick_decode_kernel
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

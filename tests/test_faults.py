@@ -8,12 +8,12 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from monovl.server.app import create_app
+from monovl.server.cli import build_parser
+from monovl.server.preprocess_pool import PoolClosed, PreprocessPool
+from monovl.server.serve import build_state
 
 from benchmarks.server_process import ServerProcess, free_port
-from server.app import create_app
-from server.cli import build_parser
-from server.preprocess_pool import PoolClosed, PreprocessPool
-from server.serve import build_state
 from tests.conftest import png_bytes
 from tests.hostile import data_url, image_message
 
@@ -173,10 +173,10 @@ def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
 
 def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
     # 4,000 rows against a ~1,000-token tokenizer: a random model samples mostly rows with no text.
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from engine.sampling_params import SamplingParams
-    from preprocessing.chat_template import ChatMessage
-    from preprocessing.checkpoint import load_checkpoint
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.chat_template import ChatMessage
+    from monovl.preprocessing.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(str(make_checkpoint(vocab=4000)), "float32", "cpu")
     assert loaded.model.config.llm.vocab_size == 4000
@@ -193,11 +193,11 @@ def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
 
 
 def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
-    from engine.detokenizer import IncrementalDetokenizer
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from engine.sampling_params import SamplingParams
-    from preprocessing.chat_template import ChatMessage
-    from preprocessing.checkpoint import LoadedCheckpoint
+    from monovl.engine.detokenizer import IncrementalDetokenizer
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.chat_template import ChatMessage
+    from monovl.preprocessing.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
@@ -223,17 +223,18 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
 
 
 def _engine(tiny_model, preprocessor, **config):
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from preprocessing.checkpoint import LoadedCheckpoint
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.preprocessing.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, **config))
 
 
 def test_a_sampling_fault_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
-    import engine.llm_engine as llm_engine
-    from engine.sampling_params import SamplingParams
-    from preprocessing.chat_template import ChatMessage
+    import monovl.engine.llm_engine as llm_engine
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.chat_template import ChatMessage
+
     from tests.engine_helpers import run
 
     def requests():
@@ -261,11 +262,11 @@ def test_a_sampling_fault_fails_that_request_only(tiny_model, preprocessor, monk
 
 
 def test_a_device_that_stops_computing_stops_the_engine(tiny_model, preprocessor, monkeypatch):
-    from engine.async_engine import AsyncEngine
-    from engine.model_runner import DeviceError, ModelRunner
-    from engine.output_streams import EngineDeadError
-    from engine.sampling_params import SamplingParams
-    from preprocessing.chat_template import ChatMessage
+    from monovl.engine.async_engine import AsyncEngine
+    from monovl.engine.model_runner import DeviceError, ModelRunner
+    from monovl.engine.output_streams import EngineDeadError
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.chat_template import ChatMessage
 
     engine = _engine(tiny_model, preprocessor)
     engine.runner.check_device()  # the CPU computes
@@ -318,7 +319,7 @@ async def _first(stream):
 
 
 def test_check_device_raises_for_a_device_that_cannot_compute():
-    from engine.model_runner import DeviceError, ModelRunner
+    from monovl.engine.model_runner import DeviceError, ModelRunner
 
     class Model:
         device = torch.device("meta")
@@ -331,9 +332,10 @@ def test_check_device_raises_for_a_device_that_cannot_compute():
 
 
 def test_a_fault_while_building_one_request_s_output_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
-    from engine.detokenizer import IncrementalDetokenizer
-    from engine.sampling_params import SamplingParams
-    from preprocessing.chat_template import ChatMessage
+    from monovl.engine.detokenizer import IncrementalDetokenizer
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.chat_template import ChatMessage
+
     from tests.engine_helpers import run
 
     engine = _engine(tiny_model, preprocessor)

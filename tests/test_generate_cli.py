@@ -6,14 +6,17 @@ import subprocess
 import sys
 
 import pytest
+from monovl.preprocessing.tokenizer import Tokenizer
 
-from preprocessing.tokenizer import Tokenizer
 from tests.conftest import png_bytes
 
 
 def monovl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "monovl.server.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 

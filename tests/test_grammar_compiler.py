@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
-from engine.grammar_probe import GrammarProbe, ProbeUnavailable
-from engine.llm_engine import UNAVAILABLE, EngineConfig, grammar_refusal
-from engine.sampling_params import SamplingParams
-from engine.structured_output import (
+from monovl.engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
+from monovl.engine.grammar_probe import GrammarProbe, ProbeUnavailable
+from monovl.engine.llm_engine import UNAVAILABLE, EngineConfig, grammar_refusal
+from monovl.engine.sampling_params import SamplingParams
+from monovl.engine.structured_output import (
     GrammarError,
     Grammars,
     GrammarTooComplex,
@@ -20,8 +19,9 @@ from engine.structured_output import (
     Vocabulary,
     resident_bytes,
 )
-from preprocessing.checkpoint import build_engine
-from preprocessing.tokenizer import Tokenizer
+from monovl.preprocessing.checkpoint import build_engine
+from monovl.preprocessing.tokenizer import Tokenizer
+
 from tests.engine_helpers import mixed_workload
 
 

@@ -4,9 +4,8 @@ import asyncio
 import logging
 
 import httpx
-
-from server.guard import Guard
-from server.state import ServerSettings
+from monovl.server.guard import Guard
+from monovl.server.state import ServerSettings
 
 SETTINGS = ServerSettings(served_model_name="m", model_path="/m", api_key="k", max_body_bytes=100)
 

@@ -2,8 +2,8 @@
 
 import time
 
-from engine import heap
-from engine.heap import HeapTrimmer
+from monovl.engine import heap
+from monovl.engine.heap import HeapTrimmer
 
 
 def test_the_heap_is_trimmed_once_the_interval_has_passed_and_not_before(monkeypatch):

@@ -95,7 +95,17 @@ def test_a_chunked_body_past_the_limit_is_refused_before_it_ends(server):
 
 def test_two_servers_on_one_port_one_serves_and_the_other_exits_2(tiny_dir):
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", str(tiny_dir), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "monovl.server.cli",
+        "serve",
+        str(tiny_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     servers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     try:
         deadline = time.monotonic() + 60

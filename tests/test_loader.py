@@ -5,9 +5,8 @@ import sys
 
 import pytest
 import torch
+from monovl.model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint, weight_files
 from safetensors.torch import load_file, save_file
-
-from model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint, weight_files
 
 CPU = torch.device("cpu")
 
@@ -81,7 +80,7 @@ def test_a_truncated_shard_exits_2_with_one_line(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir, copy)
     shard = copy / "model-00001-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:1000])
-    command = [sys.executable, "-m", "server.cli", "generate", "--model", str(copy), "--prompt", "x"]
+    command = [sys.executable, "-m", "monovl.server.cli", "generate", "--model", str(copy), "--prompt", "x"]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert f"cannot read the weights in {shard}" in done.stderr and "Traceback" not in done.stderr
@@ -128,11 +127,11 @@ def test_hub_id_missing_offline_is_a_clear_error(tmp_path):
 LOAD_AND_STEP = """
 import sys
 from torch import nn
-import server.app
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.sampling_params import SamplingParams
-from preprocessing.chat_template import ChatMessage
-from preprocessing.checkpoint import load_checkpoint
+import monovl.server.app
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.chat_template import ChatMessage
+from monovl.preprocessing.checkpoint import load_checkpoint
 
 fills = {name: getattr(nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_")}
 loaded = load_checkpoint(sys.argv[1], "float32", "cpu")

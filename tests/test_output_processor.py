@@ -2,9 +2,10 @@
 
 from dataclasses import replace
 
-from engine.output_processor import OutputProcessor
-from engine.outputs import RequestOutput, RequestTimings, TokenLogprob
-from engine.sampling_params import SamplingParams
+from monovl.engine.output_processor import OutputProcessor
+from monovl.engine.outputs import RequestOutput, RequestTimings, TokenLogprob
+from monovl.engine.sampling_params import SamplingParams
+
 from tests.engine_helpers import FakeDecoder
 
 EOS = 2  # the model's stop token in these tests; FakeDecoder decodes it as a control byte

@@ -1,9 +1,8 @@
 """The wire models' mapping to SamplingParams, field by field where OpenAI and vLLM define an order."""
 
 import pytest
-
-from engine.sampling_params import SamplingParamsError
-from server.protocol import ChatCompletionRequest
+from monovl.engine.sampling_params import SamplingParamsError
+from monovl.server.protocol import ChatCompletionRequest
 
 USER = [{"role": "user", "content": "Hi"}]
 

@@ -2,12 +2,11 @@
 
 import itertools
 
+import monovl.engine.llm_engine as llm_engine
 import pytest
-
-import engine.llm_engine as llm_engine
-from engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
-from engine.sampling_params import SamplingParams
-from preprocessing.chat_template import ChatMessage
+from monovl.engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.chat_template import ChatMessage
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +131,8 @@ def test_two_chats_with_one_long_prompt_compute_it_once(tiny_model, tokens, prep
 
 
 def plain_request(name: str, tokens: list[int]):
-    from engine.inputs import PromptInputs
-    from engine.request import Request
+    from monovl.engine.inputs import PromptInputs
+    from monovl.engine.request import Request
 
     return Request(name, 0, PromptInputs("", tokens, [], []), GREEDY, frozenset())
 
@@ -150,9 +149,9 @@ def test_a_step_that_preempts_takes_the_last_admitted_and_admits_no_one_after(mo
     # Short chats decode beside long prompts in a pool too small for all: preemptions happen. Each
     # victim is the most recently admitted running request, and once a step has preempted, no waiting
     # request starts in it (the pool is full: it would only preempt again).
-    from engine.block_pool import BlockPool
-    from engine.request import RequestStatus
-    from engine.scheduler import Scheduler
+    from monovl.engine.block_pool import BlockPool
+    from monovl.engine.request import RequestStatus
+    from monovl.engine.scheduler import Scheduler
 
     pool = BlockPool(22, block_size=4, enable_prefix_caching=False)
     scheduler = Scheduler(pool, 8, 32, rope_seed=lambda r: b"")

@@ -13,7 +13,9 @@ from benchmarks.server_process import ServerProcess
 
 
 def monovl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "monovl.server.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_version():

@@ -4,12 +4,11 @@ import dataclasses
 
 import pytest
 import torch
-
-from engine.kv_pool import free_memory_gib, kv_pool_gib
-from engine.llm_engine import EngineConfig
-from engine.settings import defaults, from_arguments
-from server.cli import parse_args
-from server.state import ServerSettings
+from monovl.engine.kv_pool import free_memory_gib, kv_pool_gib
+from monovl.engine.llm_engine import EngineConfig
+from monovl.engine.settings import defaults, from_arguments
+from monovl.server.cli import parse_args
+from monovl.server.state import ServerSettings
 
 
 def test_the_command_lines_defaults_are_the_configs():
@@ -158,8 +157,8 @@ def test_serve_help_shows_every_settings_default(capsys):
 
 
 def test_the_tile_cap_defaults_to_the_checkpoints(tiny_dir):
-    from model.config import ModelConfig
-    from preprocessing.processor import Preprocessor
+    from monovl.model.config import ModelConfig
+    from monovl.preprocessing.processor import Preprocessor
 
     settings = ServerSettings(served_model_name="m", model_path="p")
     assert settings.max_image_tiles is None
@@ -169,8 +168,8 @@ def test_the_tile_cap_defaults_to_the_checkpoints(tiny_dir):
 
 
 def test_a_context_that_cannot_hold_one_image_at_the_tile_cap_is_refused(tiny_dir):
-    from model.config import ModelConfig
-    from server.serve import SettingsError, check_image_room
+    from monovl.model.config import ModelConfig
+    from monovl.server.serve import SettingsError, check_image_room
 
     config = ModelConfig.load(tiny_dir)
     settings = ServerSettings(served_model_name="m", model_path="p", max_image_tiles=4)
@@ -183,7 +182,7 @@ def test_a_context_that_cannot_hold_one_image_at_the_tile_cap_is_refused(tiny_di
 
 
 def test_serve_refuses_a_context_too_small_for_an_image_before_loading(tiny_dir):
-    from server.cli import main
+    from monovl.server.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["serve", str(tiny_dir), "--max-model-len", "300", "--port", "0", "--host", "127.0.0.1"])

@@ -7,10 +7,9 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from monovl.engine.structured_output import GrammarError, Grammars, StructuredOutput, Vocabulary
+from monovl.preprocessing.tokenizer import Tokenizer
 from pydantic import BaseModel, Field
-
-from engine.structured_output import GrammarError, Grammars, StructuredOutput, Vocabulary
-from preprocessing.tokenizer import Tokenizer
 
 USER = [{"role": "user", "content": "Describe a person."}]
 
@@ -168,9 +167,10 @@ def test_constrained_rows_after_unconstrained_ones_are_masked_and_end_with_their
     """A batch whose constrained requests sit behind unconstrained rows (the bitmask must be filled
     at the constrained rows' own indices), with ignore_eos (the grammar's end is read once the
     sampled token is accepted, and ends the request without any stop token)."""
-    from engine.llm_engine import EngineConfig
-    from engine.sampling_params import SamplingParams
-    from preprocessing.checkpoint import build_engine
+    from monovl.engine.llm_engine import EngineConfig
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.checkpoint import build_engine
+
     from tests.engine_helpers import mixed_workload
 
     engine = build_engine(tiny_dir, "float32", "cpu", "auto", EngineConfig(num_kv_blocks=512))

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from monovl.model.pixel_normalization import IMAGENET_MEAN, IMAGENET_STD, gather_normalized, normalize_tiles
+from monovl.preprocessing.tiling import candidate_grids, closest_grid, tile_image, tiles_to_pixels
 from PIL import Image
-
-from model.pixel_normalization import IMAGENET_MEAN, IMAGENET_STD, gather_normalized, normalize_tiles
-from preprocessing.tiling import candidate_grids, closest_grid, tile_image, tiles_to_pixels
 
 S = 448
 

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import sentencepiece as spm
-
-from preprocessing.tokenizer import Tokenizer, TokenizerError
+from monovl.preprocessing.tokenizer import Tokenizer, TokenizerError
 
 
 @pytest.fixture(scope="module", params=[1, 0], ids=["dummy-prefix", "no-dummy-prefix"])

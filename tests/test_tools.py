@@ -6,12 +6,11 @@ import json
 import jsonschema
 import openai
 import pytest
+from monovl.preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, render_prompt
+from monovl.server.chat import to_conversation
+from monovl.server.protocol import ChatCompletionRequest
+from monovl.server.tools import ChoiceReader, ToolMode, forced_call_grammar, tool_mode
 from pydantic import BaseModel, Field
-
-from preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, render_prompt
-from server.chat import to_conversation
-from server.protocol import ChatCompletionRequest
-from server.tools import ChoiceReader, ToolMode, forced_call_grammar, tool_mode
 
 WEATHER = {
     "type": "object",

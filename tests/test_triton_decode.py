@@ -12,8 +12,8 @@ pytest.importorskip("triton")  # a test dependency on Linux x86_64; the kernel i
 
 KERNEL_VS_TORCH = textwrap.dedent("""
     import torch
-    from model.paged_attention import causal_gqa, gather_context
-    from model.triton_decode import PARTITIONS, paged_decode
+    from monovl.model.paged_attention import causal_gqa, gather_context
+    from monovl.model.triton_decode import PARTITIONS, paged_decode
 
     torch.manual_seed(0)
     worst = 0.0
@@ -36,9 +36,9 @@ KERNEL_VS_TORCH = textwrap.dedent("""
 
 ENGINE_WITH_KERNEL = textwrap.dedent("""
     import json, sys
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from preprocessing.chat_template import ChatMessage
-    from preprocessing.checkpoint import load_checkpoint
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.preprocessing.chat_template import ChatMessage
+    from monovl.preprocessing.checkpoint import load_checkpoint
     from tests.engine_helpers import greedy_tokens
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
@@ -75,7 +75,7 @@ def test_kernel_equals_gather_and_sdpa():
     ],
 )
 def test_partition_size_fills_the_device(monkeypatch, batch, kv_heads, table_tokens, multiprocessors, expected):
-    triton_decode = pytest.importorskip("model.triton_decode")
+    triton_decode = pytest.importorskip("monovl.model.triton_decode")
     monkeypatch.setattr(triton_decode, "_multiprocessors", lambda device: multiprocessors)
     assert triton_decode.partition_size(batch, kv_heads, table_tokens, "cuda") == expected
 
@@ -88,12 +88,12 @@ def test_engine_gives_the_same_tokens_with_the_kernel(tiny_dir):
 
 GRAPH_BUFFERS = textwrap.dedent("""
     import json, sys
-    from engine.cuda_graphs import DecodeGraphs
-    from engine.llm_engine import EngineConfig, LLMEngine
-    from engine.model_runner import ModelRunner
-    from engine.sampling_params import SamplingParams
-    from preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-    from preprocessing.checkpoint import load_checkpoint
+    from monovl.engine.cuda_graphs import DecodeGraphs
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
+    from monovl.engine.model_runner import ModelRunner
+    from monovl.engine.sampling_params import SamplingParams
+    from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+    from monovl.preprocessing.checkpoint import load_checkpoint
     from tests.conftest import png_bytes
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
