@@ -100,3 +100,25 @@ def from_arguments(config: type, args: argparse.Namespace, **others: Any) -> Any
 def defaults(config: type) -> dict[str, Any]:
     """Each field's default, for the fields that have a command-line option."""
     return {f.name: f.default for f in fields(config) if "help" in f.metadata and f.default is not MISSING}
+
+
+def configured(config: type, values: dict[str, Any]) -> Any:
+    """`config` from keyword values, each checked as its flag is (type, range, choices): what the
+    library takes where the command line takes flags. ValueError names the keyword; TypeError an
+    unknown one."""
+    known = {f.name: f for f in fields(config)}
+    for name, value in values.items():
+        f = known.get(name)
+        if f is None:
+            raise TypeError(f"unknown setting {name!r}")
+        meta = f.metadata
+        if value is None or "help" not in meta or isinstance(value, bool):
+            continue
+        if meta["choices"] is not None and value not in meta["choices"]:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
+        if meta["minimum"] is not None or meta["maximum"] is not None or meta["positive"]:
+            try:
+                in_range(float, meta["minimum"], meta["maximum"], meta["positive"])(str(value))
+            except (argparse.ArgumentTypeError, ValueError) as error:
+                raise ValueError(f"{name} {error}") from None
+    return config(**values)

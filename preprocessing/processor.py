@@ -8,10 +8,19 @@ from pathlib import Path
 
 from monovl.engine.inputs import ImageInput, PromptInputs
 from monovl.model.config import ModelConfig
-from monovl.preprocessing.chat_template import IMG_CONTEXT, STOP_TOKENS, ChatMessage, ImagePart, render_prompt
+from monovl.preprocessing.chat_template import (
+    IMG_CONTEXT,
+    STOP_TOKENS,
+    ChatMessage,
+    ImagePart,
+    image_block,
+    render_prompt,
+)
 from monovl.preprocessing.image_decode import MAX_IMAGE_PIXELS, decode_image
 from monovl.preprocessing.tiling import tile_image, tiles_to_pixels
 from monovl.preprocessing.tokenizer import Tokenizer
+
+IMAGE_PLACEHOLDER = "<image>"  # where an image goes in a prompt written without the chat template
 
 
 class Preprocessor:
@@ -54,6 +63,19 @@ class Preprocessor:
         prompt = render_prompt(messages, image_tokens, add_generation_prompt)
         token_ids = self.tokenizer.encode(prompt)
         return PromptInputs(prompt, token_ids, images, self._image_spans(token_ids, images))
+
+    def process_raw(self, prompt: str, images: list[ImageInput]) -> PromptInputs:
+        """A prompt written by hand, without the chat template: each `<image>` in it is where the next
+        image goes (as vLLM's InternVL prompts write it)."""
+        pieces = prompt.split(IMAGE_PLACEHOLDER)
+        if len(pieces) - 1 != len(images):
+            raise ValueError(
+                f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders for {len(images)} images"
+            )
+        blocks = [image_block(self.config.num_image_token * im.num_tiles) for im in images]
+        text = pieces[0] + "".join(block + piece for block, piece in zip(blocks, pieces[1:], strict=True))
+        token_ids = self.tokenizer.encode(text)
+        return PromptInputs(text, token_ids, images, self._image_spans(token_ids, images))
 
     def _image_spans(self, token_ids: list[int], images: list[ImageInput]) -> list[tuple[int, int]]:
         spans, k = [], 0

@@ -125,31 +125,29 @@ def _make_tiny_checkpoint(args: argparse.Namespace) -> None:
     print(out)
 
 
-def _conversation(args: argparse.Namespace, num_images: int) -> list:
-    from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-
+def _conversation(args: argparse.Namespace) -> list[dict]:
+    """The chat to answer, as OpenAI-style messages; the images go with the first question."""
     turns = json.loads(args.history_json.read_text(encoding="utf-8")) if args.history_json else []
     if not isinstance(turns, list) or not all(isinstance(t, list) and len(t) == 2 for t in turns):
         raise ValueError("--history-json must hold a list of [question, answer] pairs")
-    messages = [] if args.system is None else [ChatMessage.text("system", args.system)]
-    images = tuple(ImagePart(k) for k in range(num_images))
-    for question, answer in turns:
-        messages.append(ChatMessage("user", (*images, TextPart(question))))
-        messages.append(ChatMessage.text("assistant", answer))
-        images = ()
-    messages.append(ChatMessage("user", (*images, TextPart(args.prompt))))
+    messages = [] if args.system is None else [{"role": "system", "content": args.system}]
+    images = [{"type": "image_url", "image_url": {"url": path}} for path in args.image]
+    for question, answer in [*turns, [args.prompt, None]]:
+        messages.append({"role": "user", "content": [*images, {"type": "text", "text": question}]})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        images = []
     return messages
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from monovl.engine.llm_engine import EngineConfig, LLMEngine
-    from monovl.preprocessing.checkpoint import load_checkpoint
+    """One chat through the offline API (monovl.LLM), one request at a time."""
+    from monovl.llm import LLM
 
-    images = [Path(p).read_bytes() for p in args.image]
-    loaded = load_checkpoint(args.model, args.dtype, args.device, args.fast_path)
-    pre = loaded.preprocessor
-    image_inputs = [pre.load_image(data, args.max_num_tiles) for data in images]
-    inputs = pre.process(_conversation(args, len(images)), image_inputs)
+    llm = LLM(
+        args.model, dtype=args.dtype, device=args.device, fast_path=args.fast_path,
+        max_image_tiles=args.max_num_tiles, max_num_seqs=1,
+    )  # fmt: skip
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -158,30 +156,24 @@ def _generate(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         logprobs=5 if args.json else None,
     )
-    # A pool just large enough for this one request, with room to spare for the last block.
-    blocks = (inputs.num_tokens + args.max_tokens) // EngineConfig.block_size + 2
-    engine = LLMEngine(loaded.model, loaded.tokens, EngineConfig(num_kv_blocks=blocks))
-    engine.add_request("generate", inputs, params)
-    token_ids, logprobs, text, finish_reason = [], [], "", None
-    while engine.has_unfinished():
-        for output in engine.step():
-            token_ids += output.new_token_ids
-            logprobs += output.new_logprobs
-            text += output.new_text
-            finish_reason = output.finish_reason
+    (result,) = llm.chat(_conversation(args), params, use_tqdm=False)
+    completion = result.outputs[0]
     if not args.json:
-        print(text)
+        print(completion.text)
         return
+    logprobs = []
+    for token_id, found in zip(completion.token_ids, completion.logprobs or [], strict=True):
+        top = sorted((lp.rank, token, lp.logprob) for token, lp in found.items() if lp.rank is not None)
+        logprobs.append(
+            {"token_id": token_id, "logprob": found[token_id].logprob, "top_logprobs": [[t, v] for _, t, v in top]}
+        )
     record = {
-        "prompt": inputs.prompt,
-        "prompt_token_ids": inputs.token_ids,
-        "token_ids": token_ids,
-        "text": text,
-        "finish_reason": finish_reason,
-        "logprobs": [
-            {"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": [list(p) for p in lp.top_logprobs]}
-            for lp in logprobs
-        ],
+        "prompt": result.prompt,
+        "prompt_token_ids": result.prompt_token_ids,
+        "token_ids": completion.token_ids,
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        "logprobs": logprobs,
     }
     json.dump(record, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
