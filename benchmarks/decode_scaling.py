@@ -29,7 +29,6 @@ from monovl.model import internlm2
 from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from monovl.model.onednn_linear import OneDNNLinear
 from monovl.preprocessing.chat_template import ChatMessage
-from monovl.preprocessing.checkpoint import load_checkpoint
 from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from torch import nn
 
@@ -37,6 +36,7 @@ from benchmarks.engine_bench import MID_SIZE, machine
 from benchmarks.profiling import timing
 from benchmarks.roofline import read_bandwidth
 from benchmarks.stream_overhead import question
+from monovl.checkpoint import load_checkpoint
 
 WARM_STEPS = 6  # decode steps after the prompts' before any timing
 

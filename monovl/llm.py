@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from monovl.checkpoint import load_checkpoint, parse_device
 from monovl.engine.inputs import ImageInput, PromptInputs
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.outputs import TokenLogprob
@@ -33,7 +34,6 @@ from monovl.engine.settings import configured
 from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from monovl.outputs import CompletionOutput, Logprob, RequestOutput
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from monovl.preprocessing.checkpoint import load_checkpoint, parse_device
 
 Message = dict[str, Any]
 ImageSource = Image.Image | bytes | str | Path  # a PIL image, encoded bytes, a path or a data: URL

@@ -17,7 +17,6 @@ from monovl.engine.llm_engine import EngineConfig
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.settings import add_arguments, from_arguments
 from monovl.model.config import ModelConfig
-from monovl.preprocessing.checkpoint import build_engine, checkpoint_directory, parse_device
 from monovl.preprocessing.cpu_priority import IMAGE_NICENESS
 from monovl.preprocessing.processor import Preprocessor
 from monovl.server.drain import Drain
@@ -27,6 +26,8 @@ from monovl.server.preprocess_pool import PreprocessPool
 from monovl.server.remote_images import RemoteImageFetcher
 from monovl.server.response_store import ResponseStore
 from monovl.server.state import ServerSettings, ServerState
+
+from monovl.checkpoint import build_engine, checkpoint_directory, parse_device
 
 HEALTH_PATH = "/health"
 log = logging.getLogger("monovl")

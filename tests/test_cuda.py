@@ -7,9 +7,9 @@ from monovl.engine.sampling_params import SamplingParams
 from monovl.model.loader import load_model
 from monovl.model.pixel_normalization import normalize_tiles
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from monovl.preprocessing.checkpoint import LoadedCheckpoint
 from monovl.preprocessing.processor import Preprocessor
 
+from monovl.checkpoint import LoadedCheckpoint
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -19,9 +19,9 @@ from monovl.engine.sampling_params import SamplingParams
 from monovl.engine.structured_output import StructuredOutput
 from monovl.model.config import ModelConfig
 from monovl.model.loader import CheckpointError
-from monovl.preprocessing.checkpoint import build_engine
 from monovl.preprocessing.processor import Preprocessor
 
+from monovl.checkpoint import build_engine
 from tests.engine_helpers import FakeDecoder, mixed_workload, run
 
 CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
@@ -210,7 +210,7 @@ from pathlib import Path
 from monovl.engine.engine_process import EngineProcess
 from monovl.engine.llm_engine import EngineConfig
 from monovl.engine.output_processor import OutputProcessor
-from monovl.preprocessing.checkpoint import build_engine
+from monovl.checkpoint import build_engine
 from tests.engine_helpers import FakeDecoder
 build = partial(build_engine, sys.argv[1], "float32", "cpu", "auto", EngineConfig(num_kv_blocks=64), detokenize=False)
 engine = EngineProcess(build, OutputProcessor(FakeDecoder(), ()))

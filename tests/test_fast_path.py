@@ -65,7 +65,7 @@ ENGINE_FAST_VS_PLAIN = """
 import json, sys
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from monovl.preprocessing.checkpoint import load_checkpoint
+from monovl.checkpoint import load_checkpoint
 from tests.conftest import png_bytes
 from tests.engine_helpers import greedy_tokens
 
@@ -151,8 +151,8 @@ def test_onednn_linears_equal_the_plain_layers(dtype):
 def test_engine_on_onednn_linears_gives_the_plain_tokens(tiny_dir):
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-    from monovl.preprocessing.checkpoint import load_checkpoint
 
+    from monovl.checkpoint import load_checkpoint
     from tests.conftest import png_bytes
     from tests.engine_helpers import greedy_tokens
 

@@ -176,7 +176,8 @@ def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
-    from monovl.preprocessing.checkpoint import load_checkpoint
+
+    from monovl.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(str(make_checkpoint(vocab=4000)), "float32", "cpu")
     assert loaded.model.config.llm.vocab_size == 4000
@@ -197,7 +198,8 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
-    from monovl.preprocessing.checkpoint import LoadedCheckpoint
+
+    from monovl.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
@@ -224,7 +226,8 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
 
 def _engine(tiny_model, preprocessor, **config):
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
-    from monovl.preprocessing.checkpoint import LoadedCheckpoint
+
+    from monovl.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, **config))

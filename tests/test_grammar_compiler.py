@@ -19,9 +19,9 @@ from monovl.engine.structured_output import (
     Vocabulary,
     resident_bytes,
 )
-from monovl.preprocessing.checkpoint import build_engine
 from monovl.preprocessing.tokenizer import Tokenizer
 
+from monovl.checkpoint import build_engine
 from tests.engine_helpers import mixed_workload
 
 

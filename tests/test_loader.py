@@ -131,7 +131,7 @@ import monovl.server.app
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.preprocessing.chat_template import ChatMessage
-from monovl.preprocessing.checkpoint import load_checkpoint
+from monovl.checkpoint import load_checkpoint
 
 fills = {name: getattr(nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_")}
 loaded = load_checkpoint(sys.argv[1], "float32", "cpu")

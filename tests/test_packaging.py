@@ -2,6 +2,7 @@
 mapped into it, so a user's own `server`, `model`, `engine` or `preprocessing` neither shadows it
 nor is shadowed."""
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -13,8 +14,13 @@ FOLDERS = ("server", "model", "engine", "preprocessing")
 
 
 def test_the_wheel_installs_monovl_alone_and_the_folders_do_not_import_outside_the_checkout(tmp_path):
+    source = tmp_path / "source"  # a copy: building writes build/ and egg-info beside the sources
+    for name in ("monovl", *FOLDERS):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)],
         check=True,
         capture_output=True,
     )

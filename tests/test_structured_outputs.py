@@ -169,8 +169,8 @@ def test_constrained_rows_after_unconstrained_ones_are_masked_and_end_with_their
     sampled token is accepted, and ends the request without any stop token)."""
     from monovl.engine.llm_engine import EngineConfig
     from monovl.engine.sampling_params import SamplingParams
-    from monovl.preprocessing.checkpoint import build_engine
 
+    from monovl.checkpoint import build_engine
     from tests.engine_helpers import mixed_workload
 
     engine = build_engine(tiny_dir, "float32", "cpu", "auto", EngineConfig(num_kv_blocks=512))

@@ -38,7 +38,7 @@ ENGINE_WITH_KERNEL = textwrap.dedent("""
     import json, sys
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.preprocessing.chat_template import ChatMessage
-    from monovl.preprocessing.checkpoint import load_checkpoint
+    from monovl.checkpoint import load_checkpoint
     from tests.engine_helpers import greedy_tokens
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")
@@ -93,7 +93,7 @@ GRAPH_BUFFERS = textwrap.dedent("""
     from monovl.engine.model_runner import ModelRunner
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-    from monovl.preprocessing.checkpoint import load_checkpoint
+    from monovl.checkpoint import load_checkpoint
     from tests.conftest import png_bytes
 
     loaded = load_checkpoint(sys.argv[1], "float32", "cpu")

@@ -1,4 +1,5 @@
-"""Turn the user's --model/--dtype/--device into a loaded model and its preprocessor."""
+"""The composition root: the user's --model/--dtype/--device to a loaded model and its preprocessor, or
+to an engine. It depends on model, preprocessing and engine; none of them depends on it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from monovl.engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
 from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from monovl.model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint
