@@ -9,7 +9,7 @@ engine computes with its caches, how long prefill takes until every chat has its
 These bound what any server on this machine can reach for the workload.
 
 `--run-on-another-thread` runs the chats on a thread other than the one that loaded the model, as
-the server did before it built its engine on the engine thread (engine/async_engine.py says why
+the server did before it built its engine on the engine thread (engine/core_client.py says why
 that is slower).
 """
 

@@ -1,4 +1,4 @@
-"""What crosses between the server's process and the engine core's (engine/engine_process.py).
+"""What crosses between the engine's front end (engine/async_llm.py) and its core (engine/engine_core.py).
 
 Each message is pickled whole onto one pipe each way; a request's image tiles travel as its
 uint8 pixels inside `AddRequest`.

@@ -1,10 +1,11 @@
-"""The engine core's loop in a process of its own: messages in, steps, outputs out.
+"""The engine core's loop: messages in, steps, outputs out, over a pipe to the front end
+(engine/async_llm.py), in a process of its own (`run_core`) or on a thread of the server's
+(`serve_core` over a `LocalPipe`; engine/core_client.py starts either).
 
-The process holds nothing but the engine, so its Python (scheduling, sampling)
-never waits for the server's GIL. Between steps it takes every message waiting on its pipe;
-with nothing to run it sleeps on the pipe. The server's end closing (its process gone) ends the
-loop. Grammars compile on the engine's grammar compiler (engine/grammar_compiler.py), which answers
-here when done. Signals are the server's to handle: it drains, then sends `Shutdown`.
+Between steps the core takes every message waiting on its pipe; with nothing to run it sleeps on
+the pipe. The front end's end closing (its process gone) ends the loop. Grammars compile on the
+engine's grammar compiler (engine/grammar_compiler.py), which answers here when done. Signals are
+the server's to handle: it drains, then sends `Shutdown`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -46,18 +48,27 @@ def run_core(build: Callable[[], LLMEngine], conn: Connection, configure_logging
         configure_logging()
     else:
         logging.basicConfig(level=logging.INFO)
-    pipe = Pipe(conn)
+    if serve_core(build, Pipe(conn)) is not None:
+        raise SystemExit(1)  # the front end has the error; the exit status says the core failed
+
+
+def serve_core(build: Callable[[], LLMEngine], pipe: Pipe | LocalPipe) -> BaseException | None:
+    """Build the engine and run its loop over `pipe` until `Shutdown` or the front end's end closes;
+    the error that stopped the loop, if one did (the front end has been told)."""
     try:
         engine = build()
     except BaseException as error:
         pipe.send(BuildFailed(_picklable(error)))
-        return
-    pipe.send(Ready(EngineInfo.of(engine)))
-    EngineCore(engine, pipe).run()
+        return error
+    try:
+        pipe.send(Ready(EngineInfo.of(engine)))
+        return EngineCore(engine, pipe).run()
+    finally:
+        pipe.close()
 
 
 class Pipe:
-    """One end of the pipe; sends are whole messages, from more than one thread."""
+    """One end of a process pipe; sends are whole messages, from more than one thread."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -71,14 +82,59 @@ class Pipe:
     def recv(self) -> object:
         return pickle.loads(self.conn.recv_bytes())
 
+    def poll(self, timeout: float) -> bool:
+        return self.conn.poll(timeout)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_CLOSED = object()  # what a LocalPipe's end sends as it closes
+
+
+class LocalPipe:
+    """One end of a pipe within a process (the core on a thread): `Pipe`'s messages, not pickled.
+    As a connection's, a closed peer makes `poll` true and `recv` raise EOFError."""
+
+    def __init__(self, inbox: queue.Queue, outbox: queue.Queue) -> None:
+        self._inbox, self._outbox = inbox, outbox
+        self._waiting: list[object] = []  # what `poll` took off the queue before `recv` asked
+
+    @classmethod
+    def pair(cls) -> tuple[LocalPipe, LocalPipe]:
+        one, other = queue.Queue(), queue.Queue()
+        return cls(one, other), cls(other, one)
+
+    def send(self, message: object) -> None:
+        self._outbox.put(message)
+
+    def recv(self) -> object:
+        message = self._waiting.pop() if self._waiting else self._inbox.get()
+        if message is _CLOSED:
+            self._waiting.append(_CLOSED)  # closed for good
+            raise EOFError("the other end closed")
+        return message
+
+    def poll(self, timeout: float) -> bool:
+        if not self._waiting:
+            try:
+                self._waiting.append(self._inbox.get(timeout=timeout))
+            except queue.Empty:
+                return False
+        return True
+
+    def close(self) -> None:
+        self._outbox.put(_CLOSED)
+
 
 class EngineCore:
-    def __init__(self, engine: LLMEngine, pipe: Pipe) -> None:
+    def __init__(self, engine: LLMEngine, pipe: Pipe | LocalPipe) -> None:
         self.engine = engine
         self.pipe = pipe
         self.heap = HeapTrimmer()  # a request's tiles and their pickled copy are freed here
 
-    def run(self) -> None:
+    def run(self) -> BaseException | None:
+        """The loop; the error that stopped it, if one did (sent to the front end as `CoreDied`)."""
         try:
             while self._take_messages():
                 if self.engine.has_unfinished():
@@ -86,23 +142,23 @@ class EngineCore:
                     if outputs or self.engine.has_runnable():
                         self.pipe.send(StepOutputs(outputs, EngineStats.of(self.engine)))
                 self.heap.trim_if_due()
-        except (EOFError, OSError):  # the server's end closed: nobody is left to serve
-            log.warning("the server's end of the engine pipe closed; the engine process exits")
+        except (EOFError, OSError):  # the front end's end closed: nobody is left to serve
+            log.warning("the front end's end of the engine pipe closed; the engine core stops")
         except BaseException as error:
             log.exception("engine loop died")
             with contextlib.suppress(OSError):
                 self.pipe.send(CoreDied(_picklable(error)))
-            raise
+            return error
         finally:
             self.engine.close()
+        return None
 
     def _take_messages(self) -> bool:
         """Handle every waiting message; with no request to step, wait for one. False: shut down."""
-        conn = self.pipe.conn
         took = False
         while True:
             idle = not self.engine.has_unfinished() and not took
-            if not conn.poll(TRIM_INTERVAL_S if idle else 0):
+            if not self.pipe.poll(TRIM_INTERVAL_S if idle else 0):
                 if not idle:
                     break
                 self.heap.trim_if_due()  # what the last requests freed goes back while nothing runs

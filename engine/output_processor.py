@@ -1,9 +1,9 @@
 """The text of each completion: its engine outputs' tokens detokenized, and its stop strings.
 
 The engine's outputs carry token ids; this turns them into text where the text is needed. An
-`LLMEngine` in the caller's process runs one beside its steps; a server whose engine core runs in a
-process of its own (engine/engine_process.py) runs one on its side of the pipe, so the core's
-step loop spends nothing on text. A completion whose text reaches a stop string finishes here: its
+`LLMEngine` in the caller's process runs one beside its steps; the server's front end
+(engine/async_llm.py) runs one on its side of the core's pipe, so the core's step loop spends
+nothing on text. A completion whose text reaches a stop string finishes here: its
 output is cut after the token that completed it, and `Processed.stopped` names it, so that its
 engine stops generating it. What the engine sends for it after that is dropped.
 """

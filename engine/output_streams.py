@@ -1,7 +1,7 @@
 """Each request's outputs as an async stream on its event loop, fed from the engine's side.
 
-The engine thread (engine/async_engine.py) or the thread that reads the engine process's pipe
-(engine/engine_process.py) hands a step's outputs to `deliver`: one wake-up of each event loop a
+The thread that reads the engine core's pipe (engine/async_llm.py) hands a step's outputs to
+`deliver`: one wake-up of each event loop a
 step, not one an output, since every `call_soon_threadsafe` writes to the loop's self-pipe.
 """
 

@@ -11,8 +11,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from monovl.engine.async_engine import AsyncEngine
-from monovl.engine.engine_process import EngineProcess
+from monovl.engine.async_llm import AsyncLLM
+from monovl.engine.core_client import CoreProcess, CoreThread
 from monovl.engine.llm_engine import EngineConfig
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.settings import add_arguments, from_arguments
@@ -79,21 +79,22 @@ def server_settings(args: argparse.Namespace, directory: Path) -> ServerSettings
 def build_state(args: argparse.Namespace) -> ServerState:
     directory = checkpoint_directory(args.model)
     settings = server_settings(args, directory)
-    # Built where it runs: in its process, or on the engine thread (engine/async_engine.py says why).
+    # Built where it runs: in its process, or on the engine thread (engine/core_client.py says why).
     config = from_arguments(EngineConfig, args)
     build = partial(build_engine, directory, args.dtype, args.device, args.fast_path, config)
     model_config = ModelConfig.load(directory)
     if config.max_model_len is not None:  # known before the weights load; otherwise once the pool is sized
         check_image_room(settings, model_config, config.max_model_len)
     preprocessor = Preprocessor(directory, model_config)
-    if settings.engine_process:  # the text is made here, off the core's step loop
-        text = OutputProcessor(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids))
-        logs = partial(configure_logging, settings.log_level, settings.log_format)
-        engine = EngineProcess(partial(build, detokenize=False), text, logs)
+    # The engine sends token ids; their text is made here, off the core's step loop.
+    build = partial(build, detokenize=False)
+    if settings.engine_process:
+        core = CoreProcess(build, partial(configure_logging, settings.log_level, settings.log_format))
         torch.set_num_threads(1)  # this process's torch work is small; the cores' parallel work is the engine's
     else:
-        engine = AsyncEngine(build)
-    info = engine.start()
+        core = CoreThread(build)
+    engine = AsyncLLM.start(core, OutputProcessor(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids)))
+    info = engine.info
     try:
         check_image_room(settings, model_config, info.limits.max_model_len)
     except SettingsError:

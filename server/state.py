@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monovl.engine.async_engine import AsyncEngine
-from monovl.engine.engine_process import EngineProcess
+from monovl.engine.async_llm import AsyncLLM
 from monovl.engine.settings import setting
 from monovl.preprocessing.processor import Preprocessor
 from monovl.server.connections import MAX_HEADER_BYTES, MAX_HEADER_COUNT
@@ -133,7 +132,7 @@ class ServerSettings:
 class ServerState:
     settings: ServerSettings
     preprocessor: Preprocessor
-    engine: AsyncEngine | EngineProcess
+    engine: AsyncLLM
     pool: PreprocessPool  # text-only requests' lane
     image_pool: PreprocessPool  # the lane of requests with images
     metrics: Metrics

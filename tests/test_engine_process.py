@@ -11,7 +11,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from monovl.engine.engine_process import EngineProcess
+from monovl.engine.async_llm import AsyncLLM
+from monovl.engine.core_client import CoreProcess
 from monovl.engine.llm_engine import EngineConfig, RequestError
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.output_streams import EngineDeadError
@@ -27,12 +28,12 @@ from tests.engine_helpers import FakeDecoder, mixed_workload, run
 CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
 
 
-def start(directory, config: EngineConfig = CONFIG) -> EngineProcess:
+def start(directory, config: EngineConfig = CONFIG) -> AsyncLLM:
     """As `monovl serve` starts one: the core sends token ids, the text is made on this side."""
     pre = Preprocessor(directory, ModelConfig.load(directory))
     text = OutputProcessor(pre.tokenizer, tuple(pre.stop_token_ids))
-    engine = EngineProcess(partial(build_engine, directory, "float32", "cpu", "auto", config, detokenize=False), text)
-    engine.start()
+    build = partial(build_engine, directory, "float32", "cpu", "auto", config, detokenize=False)
+    engine = AsyncLLM.start(CoreProcess(build), text)
     return engine
 
 
@@ -62,7 +63,7 @@ async def until(condition) -> bool:
     return False
 
 
-async def free_blocks_return(engine: EngineProcess, expected: int) -> bool:
+async def free_blocks_return(engine: AsyncLLM, expected: int) -> bool:
     return await until(lambda: engine.stats().num_free_blocks == expected)
 
 
@@ -171,10 +172,10 @@ def test_grammars_compile_in_the_core_and_a_bad_one_is_a_request_error(engine_pr
 
 def test_a_build_error_raises_in_start(tmp_path):
     text = OutputProcessor(FakeDecoder(), ())
-    engine = EngineProcess(partial(build_engine, tmp_path / "missing", "float32", "cpu", "auto", CONFIG), text)
+    core = CoreProcess(partial(build_engine, tmp_path / "missing", "float32", "cpu", "auto", CONFIG))
     with pytest.raises(CheckpointError):
-        engine.start()
-    assert not engine.is_running
+        AsyncLLM.start(core, text)
+    assert not core.alive()
 
 
 def test_a_core_that_dies_fails_every_stream_and_wakes_the_watchers(tiny_dir, preprocessor):
@@ -187,7 +188,7 @@ def test_a_core_that_dies_fails_every_stream_and_wakes_the_watchers(tiny_dir, pr
         streams = [engine.generate(f"r{k}", prompt, params) for k in range(3)]
         for stream in streams:
             await anext(stream)
-        os.kill(engine._process.pid, signal.SIGKILL)  # as the OOM killer would
+        os.kill(engine.core._process.pid, signal.SIGKILL)  # as the OOM killer would
         for stream in streams:
             with pytest.raises(EngineDeadError):
                 async for _ in stream:
@@ -207,15 +208,15 @@ ORPHANING = """
 import os, sys
 from functools import partial
 from pathlib import Path
-from monovl.engine.engine_process import EngineProcess
+from monovl.engine.async_llm import AsyncLLM
+from monovl.engine.core_client import CoreProcess
 from monovl.engine.llm_engine import EngineConfig
 from monovl.engine.output_processor import OutputProcessor
 from monovl.checkpoint import build_engine
 from tests.engine_helpers import FakeDecoder
 build = partial(build_engine, sys.argv[1], "float32", "cpu", "auto", EngineConfig(num_kv_blocks=64), detokenize=False)
-engine = EngineProcess(build, OutputProcessor(FakeDecoder(), ()))
-engine.start()
-print(engine._process.pid, flush=True)
+engine = AsyncLLM.start(CoreProcess(build), OutputProcessor(FakeDecoder(), ()))
+print(engine.core._process.pid, flush=True)
 os._exit(0)  # as if killed: no atexit, nothing stops the core but its pipe's other end closing
 """
 
@@ -232,7 +233,7 @@ def gone(pid: int) -> bool:
 def test_shutdown_stops_the_core_and_the_server_process_dying_ends_it_too(tiny_dir):
     engine = start(tiny_dir, EngineConfig(num_kv_blocks=64))
     engine.shutdown()
-    assert engine._process.exitcode == 0
+    assert engine.core._process.exitcode == 0
 
     server = subprocess.run(
         [sys.executable, "-c", ORPHANING, str(tiny_dir)],

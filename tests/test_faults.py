@@ -72,7 +72,7 @@ def test_an_exception_in_preprocessing_fails_that_request_only(inprocess, monkey
 def test_an_exception_in_the_forward_fails_that_request_only(inprocess, monkeypatch):
     url, state = inprocess
     expected = ask(url, GOOD).json()["choices"][0]["message"]["content"]
-    model = state.engine.engine.model
+    model = state.engine.core.engine.model
     real = model.embed_images
     poison_tile = state.preprocessor.load_image(POISON).pixel_values()[0]
 
@@ -85,7 +85,7 @@ def test_an_exception_in_the_forward_fails_that_request_only(inprocess, monkeypa
     responses = asyncio.run(ask_many(url, [GOOD, POISON, GOOD]))
     assert [r.status_code for r in responses] == [200, 500, 200]
     assert all(r.json()["choices"][0]["message"]["content"] == expected for r in responses if r.status_code == 200)
-    assert state.engine.engine.num_free_blocks == state.engine.engine.block_pool.num_blocks
+    assert state.engine.core.engine.num_free_blocks == state.engine.core.engine.block_pool.num_blocks
 
 
 def test_a_stopped_preprocessing_pool_is_replaced(inprocess):
@@ -265,8 +265,10 @@ def test_a_sampling_fault_fails_that_request_only(tiny_model, preprocessor, monk
 
 
 def test_a_device_that_stops_computing_stops_the_engine(tiny_model, preprocessor, monkeypatch):
-    from monovl.engine.async_engine import AsyncEngine
+    from monovl.engine.async_llm import AsyncLLM
+    from monovl.engine.core_client import CoreThread
     from monovl.engine.model_runner import DeviceError, ModelRunner
+    from monovl.engine.output_processor import OutputProcessor
     from monovl.engine.output_streams import EngineDeadError
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
@@ -289,8 +291,8 @@ def test_a_device_that_stops_computing_stops_the_engine(tiny_model, preprocessor
 
     monkeypatch.setattr(ModelRunner, "execute", failing_execute)
     monkeypatch.setattr(ModelRunner, "check_device", failing_check)
-    async_engine = AsyncEngine(lambda: engine)
-    async_engine.start()
+    text = OutputProcessor(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids))
+    async_engine = AsyncLLM.start(CoreThread(lambda: engine), text)
     params = SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)
 
     async def main():

@@ -1,17 +1,21 @@
-"""The engine core in a process of its own, behind `AsyncEngine`'s interface.
+"""The engine's one front end: an async stream of outputs per request, over an engine core that runs
+in a process of its own or on a thread (engine/core_client.py), as vLLM's `AsyncLLM` over its
+engine core clients.
 
-The server's process keeps HTTP, preprocessing, the outputs' text and the SSE streams; the core
-process (engine/engine_core.py) keeps the model, the KV cache and the step loop, so neither's
-Python waits for the other's GIL. The core sends token ids; the `OutputProcessor` here makes their
-text, and where a stop string ends a completion it tells the core to stop it.
+The server keeps HTTP, preprocessing, the outputs' text and the SSE streams; the core
+(engine/engine_core.py) keeps the model, the KV cache and the step loop. The core sends token ids;
+the `OutputProcessor` here makes their text, and where a stop string ends a completion it tells
+the core to stop it.
 
-Two threads here talk to the core over one pipe: one sends requests and aborts as they come
-(pickling a request's tiles off the event loop), one reads each step's outputs, makes their text
-and hands them to the requests' streams. A request is admitted once the core has taken it, so a
-request it refuses fails before its response starts, as on the engine thread.
+Two threads here talk to the core over its pipe: one sends requests and aborts as they come
+(pickling a request's tiles off the event loop, for a process), one reads each step's outputs,
+makes their text and hands them to the requests' streams, waking each event loop once a step. A
+request is admitted once the core has taken it, so a request it refuses fails before its response
+starts. A consumer that stops listening (a client that went away) aborts its request, which frees
+its KV blocks before the next step.
 
-If the core exits (a crash, a device that failed, the OOM killer), every open stream and waiting
-call gets `EngineDeadError` and `wait_until_dead` returns, as when the engine thread dies.
+If the core stops (a crash, a device that failed, the OOM killer), every open stream and waiting
+call gets `EngineDeadError` and `wait_until_dead` returns.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
+from monovl.engine.core_client import CoreProcess, CoreThread
 from monovl.engine.core_messages import (
     AbortRequest,
     Added,
@@ -37,9 +41,8 @@ from monovl.engine.core_messages import (
     Shutdown,
     StepOutputs,
 )
-from monovl.engine.engine_core import Pipe, run_core
+from monovl.engine.engine_core import LocalPipe, Pipe
 from monovl.engine.inputs import PromptInputs
-from monovl.engine.llm_engine import LLMEngine
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.output_streams import EngineDeadError, OutputStreams, call_soon, read, resolve, taken
 from monovl.engine.outputs import RequestOutput
@@ -48,23 +51,29 @@ from monovl.engine.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 
-class EngineProcess:
-    def __init__(
-        self,
-        build: Callable[[], LLMEngine],
-        text: OutputProcessor,
-        configure_logging: Callable[[], None] | None = None,
-    ) -> None:
-        """`build` is pickled to the new process (spawned, not forked: torch's threads do not survive a
-        fork); the engine it builds sends token ids only (`detokenize=False`), whose text `text` makes.
-        `configure_logging`, pickled too, sets up the new process's log lines as the server's."""
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=run_core, args=(build, child, configure_logging), name="monovl-engine", daemon=True
-        )
-        self._child_end = child
-        self._pipe = Pipe(self._conn)
+class AsyncLLM:
+    @classmethod
+    def start(cls, core: CoreProcess | CoreThread, text: OutputProcessor) -> AsyncLLM:
+        """Start `core` (whose engine sends token ids only: built with `detokenize=False`) and wait
+        for its engine; the front end over it, or the build's exception. `text` makes the outputs' text."""
+        pipe = core.start()
+        try:
+            message = pipe.recv()
+        except (EOFError, OSError):
+            core.join(5)
+            core.close()
+            raise RuntimeError(f"the engine core stopped while starting ({core.exit_status()})") from None
+        if isinstance(message, BuildFailed):
+            core.join(10)
+            core.close()
+            raise message.error
+        return cls(core, pipe, message.info, text)
+
+    def __init__(self, core: CoreProcess | CoreThread, pipe: Pipe | LocalPipe, info: EngineInfo, text: OutputProcessor):
+        """Over a started core (`start` makes one)."""
+        self.core = core
+        self.info = info
+        self._pipe = pipe
         self._outbox: queue.Queue[object] = queue.Queue()
         self._streams = OutputStreams()
         self._text = text
@@ -73,34 +82,15 @@ class EngineProcess:
         self._compiles: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._tickets = itertools.count()
         self._stopping = False
-        self.info: EngineInfo | None = None  # set by start()
-        self._stats: EngineStats | None = None
+        self._stats = EngineStats(0, 0, 0.0, info.num_blocks)  # until the core's first step
         self.error: BaseException | None = None
         self._death_watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._threads = [
             threading.Thread(target=self._send_loop, name="monovl-engine-send", daemon=True),
             threading.Thread(target=self._receive_loop, name="monovl-engine-receive", daemon=True),
         ]
-
-    def start(self) -> EngineInfo:
-        """Start the process and wait for its engine; the build's exception is raised here."""
-        self._process.start()
-        self._child_end.close()
-        try:
-            message = self._pipe.recv()
-        except (EOFError, OSError):
-            self._process.join(5)
-            self.error = RuntimeError(f"the engine process exited while starting ({self._exit_status()})")
-            raise self.error from None
-        if isinstance(message, BuildFailed):
-            self._process.join(10)
-            self.error = message.error
-            raise self.error
-        self.info = message.info
-        self._stats = EngineStats(0, 0, 0.0, self.info.num_blocks)
         for thread in self._threads:
             thread.start()
-        return self.info
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the core (killed if it does not stop within `timeout`); every waiting caller is answered."""
@@ -109,19 +99,18 @@ class EngineProcess:
         self._fail_waiting(EngineDeadError("the engine is shutting down"))
         self._outbox.put(Shutdown())
         receiving = self._threads[1]
-        if receiving.is_alive():  # it ends when the core closes its end; only then is the process reaped here
+        if receiving.is_alive():  # it ends when the core closes its end; only then is the core joined here
             receiving.join(timeout)
-        self._process.join(timeout if not receiving.is_alive() else 0)
-        if self._process.is_alive():
-            log.warning("the engine process did not stop in %.0f s; it is killed", timeout)
-            self._process.kill()
-            self._process.join(5)
+        self.core.join(timeout if not receiving.is_alive() else 0)
+        if self.core.alive():
+            log.warning("the engine core did not stop in %.0f s; it is killed", timeout)
+            self.core.kill()
         self._outbox.put(None)
-        self._conn.close()
+        self.core.close()
 
     @property
     def is_running(self) -> bool:
-        return self._process.is_alive() and self.error is None
+        return self.core.alive() and self.error is None
 
     def stats(self) -> EngineStats:
         return self._stats  # as of the core's last step
@@ -198,10 +187,10 @@ class EngineProcess:
         except (EOFError, OSError):
             if self._stopping:
                 return
-            self._process.join(5)
-            error = EngineDeadError(f"the engine process exited ({self._exit_status()})")
+            self.core.join(5)
+            error = EngineDeadError(f"the engine core stopped ({self.core.exit_status()})")
         if not self._stopping:
-            log.error("the engine process stopped: %s", error)
+            log.error("the engine core stopped: %s", error)
             self._die(error)
 
     def _take(self, message: object) -> BaseException | None:
@@ -240,9 +229,3 @@ class EngineProcess:
         self._streams.fail_all(dead)
         for loop, future in waiting:
             call_soon(loop, resolve, future, dead)
-
-    def _exit_status(self) -> str:
-        code = self._process.exitcode
-        if code is None:
-            return "still running, its pipe closed"
-        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"

@@ -1,32 +1,51 @@
-"""The async front: streams per request from the engine thread, abort on leave, errors to the caller."""
+"""The engine's front end over a core on a thread: streams per request, abort on leave, errors to
+the caller, a deadline for a stuck core (tests/test_engine_process.py has the core in a process)."""
 
 import asyncio
 import threading
 
 import pytest
 from monovl.engine import output_streams
-from monovl.engine.async_engine import AsyncEngine
+from monovl.engine.async_llm import AsyncLLM
+from monovl.engine.core_client import CoreThread
 from monovl.engine.core_messages import EngineInfo
 from monovl.engine.llm_engine import EngineConfig, LLMEngine, RequestError, TokenizerInfo
+from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.output_streams import EngineNotAnswering, _deliver
 from monovl.engine.sampling_params import SamplingParams
 
 from tests.engine_helpers import mixed_workload
 
 
+def front_end(build, preprocessor) -> AsyncLLM:
+    text = OutputProcessor(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids))
+    return AsyncLLM.start(CoreThread(build), text)
+
+
+def tokens_of(preprocessor) -> TokenizerInfo:
+    return TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
+
+
 @pytest.fixture
 def async_engine(tiny_model, preprocessor):
-    tokens = TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
-    engine = AsyncEngine(
-        lambda: LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256))
-    )
-    engine.start()
+    config = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
+    engine = front_end(lambda: LLMEngine(tiny_model, tokens_of(preprocessor), config, detokenize=False), preprocessor)
     yield engine
     engine.shutdown()
-    assert engine.engine.num_free_blocks == 1024
+    assert engine.core.engine.num_free_blocks == 1024
 
 
-async def collect(engine: AsyncEngine, request_id, prompt, params):
+async def idle(engine: AsyncLLM) -> bool:
+    """Whether the core's stats come to show every block free and nothing to run, within a second."""
+    for _ in range(100):
+        stats = engine.stats()
+        if stats.num_free_blocks == 1024 and stats.running == stats.waiting == 0:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def collect(engine: AsyncLLM, request_id, prompt, params):
     tokens: dict[int, list[int]] = {}
     async for output in engine.generate(request_id, prompt, params):
         tokens.setdefault(output.index, []).extend(output.new_token_ids)
@@ -40,7 +59,7 @@ def test_concurrent_streams_get_their_own_tokens(async_engine, preprocessor):
         return await asyncio.gather(*(collect(async_engine, *item) for item in workload))
 
     results = asyncio.run(main())
-    sync = LLMEngine(async_engine.engine.model, async_engine.engine.tokens, EngineConfig(num_kv_blocks=512))
+    sync = LLMEngine(async_engine.core.engine.model, async_engine.core.engine.tokens, EngineConfig(num_kv_blocks=512))
     for (request_id, prompt, params), result in zip(workload, results, strict=True):
         sync.add_request(request_id, prompt, params)
         expected = []
@@ -51,7 +70,7 @@ def test_concurrent_streams_get_their_own_tokens(async_engine, preprocessor):
 
 def test_each_step_wakes_the_event_loop_once_for_all_its_outputs(async_engine, preprocessor):
     workload = mixed_workload(preprocessor)[:6]
-    engine = async_engine.engine
+    engine = async_engine.core.engine
     step = engine.step
     outputs_per_step: list[int] = []
 
@@ -91,11 +110,7 @@ def test_leaving_a_stream_aborts_and_frees_blocks(async_engine, preprocessor):
             if output.new_token_ids:
                 break
         await stream.aclose()
-        for _ in range(100):
-            if await async_engine.call(lambda: async_engine.engine.num_free_blocks) == 1024:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        return await idle(async_engine)
 
     assert asyncio.run(main())
 
@@ -123,44 +138,50 @@ def test_a_bad_request_raises_in_the_caller_and_the_engine_goes_on(async_engine,
 
 
 def test_the_engine_is_built_on_its_thread_and_a_build_error_raises_in_start(tiny_model, preprocessor):
-    tokens = TokenizerInfo(preprocessor.tokenizer, tuple(preprocessor.stop_token_ids), preprocessor.img_context_id)
     threads = []
 
     def build() -> LLMEngine:
         threads.append(threading.current_thread())
-        return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
+        return LLMEngine(tiny_model, tokens_of(preprocessor), EngineConfig(num_kv_blocks=64), detokenize=False)
 
-    engine = AsyncEngine(build)
-    assert isinstance(engine.start(), EngineInfo) and threads == [engine._thread]
+    engine = front_end(build, preprocessor)
+    assert isinstance(engine.info, EngineInfo) and threads == [engine.core._thread]
     engine.shutdown()
+    assert not engine.core.alive()
 
     def broken() -> LLMEngine:
         raise ValueError("no such checkpoint")
 
-    failed = AsyncEngine(broken)
+    core = CoreThread(broken)
     with pytest.raises(ValueError, match="no such checkpoint"):
-        failed.start()
-    assert not failed.is_running
+        AsyncLLM.start(core, OutputProcessor(preprocessor.tokenizer, ()))
+    core.join(5)
+    assert not core.alive()
 
 
 def test_a_stuck_engine_answers_a_new_request_at_the_deadline_and_forgets_it(async_engine, preprocessor, monkeypatch):
     monkeypatch.setattr(output_streams, "TAKE_DEADLINE_S", 0.5)
     _, prompt, params = mixed_workload(preprocessor)[0]
+    engine = async_engine.core.engine
+    step = engine.step
     stuck, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
+    def held_step():
         stuck.set()
         release.wait(10)
+        return step()
 
     async def main() -> None:
-        holding = async_engine.call(hold)
+        engine.step = held_step  # the core's next step hangs until released
+        holder = asyncio.create_task(collect(async_engine, "holder", prompt, params))
         while not stuck.is_set():
             await asyncio.sleep(0.01)
         with pytest.raises(EngineNotAnswering, match=r"within 0\.5 s"):
             await collect(async_engine, "late", prompt, params)
+        engine.step = step
         release.set()
-        await holding
-        assert await async_engine.call(lambda: async_engine.engine.has_unfinished()) is False
+        await holder
+        assert await idle(async_engine)  # "late" was taken after the deadline, and aborted at once
         assert await collect(async_engine, "after", prompt, params)
 
     asyncio.run(main())
