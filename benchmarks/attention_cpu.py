@@ -19,9 +19,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from monovl.model.paged_attention import blocked_causal_gqa, gather_context, lower_right_causal_mask, one_query_gqa
 
 from benchmarks.engine_bench import machine
+from monovl.model.paged_attention import blocked_causal_gqa, gather_context, lower_right_causal_mask, one_query_gqa
 
 BLOCK, KV_HEADS, HEADS, HEAD_DIM = 16, 8, 16, 64
 

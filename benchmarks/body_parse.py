@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from benchmarks.engine_bench import machine
 from monovl.server.completions import CompletionRequest
 from monovl.server.protocol import ChatCompletionRequest
 from monovl.server.request_body import DEFAULT_MAX_VALUES, parse_json_object
-
-from benchmarks.engine_bench import machine
 
 _MESSAGE = b'{"role": "user", "content": "a"}'
 

@@ -13,11 +13,11 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from monovl.model.onednn_linear import OneDNNLinear, onednn_linear_works
 from torch import nn
 
 from benchmarks.attention_cpu import mean_ms
 from benchmarks.engine_bench import MID_SIZE, machine
+from monovl.model.onednn_linear import OneDNNLinear, onednn_linear_works
 
 
 def main() -> None:

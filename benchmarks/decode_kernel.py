@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-import monovl.model.triton_decode as triton_decode
 import torch
 
+import monovl.model.triton_decode as triton_decode
 from benchmarks.engine_bench import machine
 from benchmarks.roofline import read_bandwidth
 

@@ -23,13 +23,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from monovl.engine.llm_engine import EngineConfig, LLMEngine
-from monovl.engine.sampling_params import SamplingParams
-from monovl.model import internlm2
-from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
-from monovl.model.onednn_linear import OneDNNLinear
-from monovl.preprocessing.chat_template import ChatMessage
-from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from torch import nn
 
 from benchmarks.engine_bench import MID_SIZE, machine
@@ -37,6 +30,13 @@ from benchmarks.profiling import timing
 from benchmarks.roofline import read_bandwidth
 from benchmarks.stream_overhead import question
 from monovl.checkpoint import load_checkpoint
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.model import internlm2
+from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
+from monovl.model.onednn_linear import OneDNNLinear
+from monovl.preprocessing.chat_template import ChatMessage
+from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 WARM_STEPS = 6  # decode steps after the prompts' before any timing
 

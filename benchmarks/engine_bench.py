@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from benchmarks.profiling import print_profile
+from monovl.checkpoint import load_checkpoint
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.model.tiny_weights import TinyShape
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
-from PIL import Image
-
-from benchmarks.profiling import print_profile
-from monovl.checkpoint import load_checkpoint
 
 # The mid-size random model of the CPU figures: 231M parameters.
 MID_SIZE = TinyShape(hidden=1024, layers=8, heads=16, kv_heads=8, intermediate=4096, vit_hidden=256)

@@ -17,12 +17,11 @@ import os
 import time
 from collections.abc import Callable
 
+from benchmarks.engine_bench import machine
 from monovl.engine.heap import libc_function
 from monovl.engine.structured_output import RESIDENT_PER_COUNTED_BYTE, Grammars, StructuredOutput, Vocabulary
 from monovl.preprocessing.tiny_checkpoint import ensure_demo_checkpoint
 from monovl.preprocessing.tokenizer import Tokenizer
-
-from benchmarks.engine_bench import machine
 
 
 def _object(k: int, count: int, kind: str, required: bool) -> StructuredOutput:

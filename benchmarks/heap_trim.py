@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 from statistics import median
 
-from monovl.engine.heap import libc_function
-
 from benchmarks.engine_bench import machine
+from monovl.engine.heap import libc_function
 
 
 def timed_ms(call: Callable[[int], int]) -> float:

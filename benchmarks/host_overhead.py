@@ -14,15 +14,15 @@ import argparse
 import time
 
 import torch
+
+from benchmarks.engine_bench import machine, workload
+from benchmarks.profiling import timing
+from monovl.checkpoint import load_checkpoint
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampler import sample
 from monovl.engine.step_layout import lay_out
 from monovl.model.tiny_weights import TinyShape
 from monovl.preprocessing.tiny_checkpoint import bench_checkpoint
-
-from benchmarks.engine_bench import machine, workload
-from benchmarks.profiling import timing
-from monovl.checkpoint import load_checkpoint
 
 
 def mean_ms(fn, repeats: int = 200) -> float:

@@ -28,15 +28,15 @@ from pathlib import Path
 from statistics import median
 
 import httpx
-from monovl.engine.llm_engine import EngineConfig, LLMEngine
-from monovl.engine.sampling_params import SamplingParams
-from monovl.preprocessing.chat_template import ChatMessage
-from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 from benchmarks.engine_bench import MID_SIZE, machine
 from benchmarks.server_process import ServerProcess, record_profile
 from benchmarks.stream_overhead import one, question
 from monovl.checkpoint import load_checkpoint
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.chat_template import ChatMessage
+from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 
 class EngineAlone:

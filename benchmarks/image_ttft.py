@@ -17,14 +17,14 @@ import statistics
 import time
 
 import torch
-from monovl.engine.llm_engine import EngineConfig, LLMEngine
-from monovl.engine.sampling_params import SamplingParams
-from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 from benchmarks.engine_bench import image_bytes, machine
 from benchmarks.roofline import REAL_2B, sync
 from monovl.checkpoint import load_checkpoint
+from monovl.engine.llm_engine import EngineConfig, LLMEngine
+from monovl.engine.sampling_params import SamplingParams
+from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 # width x height -> tiles (with the thumbnail) under the default 12-tile cap
 SIZES = {1: (448, 448), 3: (900, 420), 7: (1344, 900), 13: (1600, 1200)}

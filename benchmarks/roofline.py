@@ -15,6 +15,10 @@ import argparse
 import time
 
 import torch
+
+from benchmarks.engine_bench import machine
+from benchmarks.profiling import print_profile
+from monovl.checkpoint import load_checkpoint
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
@@ -23,10 +27,6 @@ from monovl.model.onednn_linear import OneDNNLinear
 from monovl.model.tiny_weights import TinyShape
 from monovl.preprocessing.chat_template import ChatMessage
 from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
-
-from benchmarks.engine_bench import machine
-from benchmarks.profiling import print_profile
-from monovl.checkpoint import load_checkpoint
 
 # The LLM shape of OpenGVLab/Mono-InternVL-2B, its 92,553-row embedding and LM head included (the
 # tiny tokenizer decodes the first thousand; the rest are rows with no text, as padding would be).

@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from monovl.preprocessing.tiny_checkpoint import make_tiny_checkpoint
 from PIL import Image
 
 from benchmarks.engine_bench import machine
+from monovl.preprocessing.tiny_checkpoint import make_tiny_checkpoint
 
 
 def main() -> None:

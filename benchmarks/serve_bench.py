@@ -31,11 +31,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from PIL import Image
 
 from benchmarks.engine_bench import MID_SIZE, machine
 from benchmarks.server_process import ServerProcess
+from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 
 TILE_SIZES = [(300, 300), (900, 420), (1300, 440), (900, 900), (1300, 900), (1800, 900), (1800, 1350)]  # 1..13 tiles
 

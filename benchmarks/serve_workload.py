@@ -20,16 +20,15 @@ import statistics
 import threading
 import time
 
+from benchmarks.engine_bench import MID_SIZE, machine
+from benchmarks.serve_bench import workload
+from monovl.checkpoint import load_checkpoint
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
 from monovl.server.chat import preprocess, to_conversation
 from monovl.server.image_urls import decode_data_url
 from monovl.server.protocol import ChatCompletionRequest
-
-from benchmarks.engine_bench import MID_SIZE, machine
-from benchmarks.serve_bench import workload
-from monovl.checkpoint import load_checkpoint
 
 
 def run(engine: LLMEngine, chats, params: SamplingParams) -> tuple:

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import httpx
-from monovl.model.tiny_weights import TinyShape
-from monovl.preprocessing.tiny_checkpoint import bench_checkpoint
 
 from benchmarks.engine_bench import machine
 from benchmarks.server_process import ServerProcess, record_profile
+from monovl.model.tiny_weights import TinyShape
+from monovl.preprocessing.tiny_checkpoint import bench_checkpoint
 
 
 def thread_cpu_ns(pid: int) -> dict[int, int]:

@@ -19,14 +19,14 @@ import statistics
 import time
 
 import torch
+
+from benchmarks.engine_bench import MID_SIZE, machine
+from monovl.checkpoint import load_checkpoint
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.engine.structured_output import GrammarBatch, Grammars, StructuredOutput, Vocabulary
 from monovl.preprocessing.chat_template import ChatMessage
 from monovl.preprocessing.tiny_checkpoint import add_shape_args, bench_checkpoint, shape_from_args
-
-from benchmarks.engine_bench import MID_SIZE, machine
-from monovl.checkpoint import load_checkpoint
 
 # A string that cannot close within the run: every constrained chat decodes all --output-tokens.
 SCHEMA = {

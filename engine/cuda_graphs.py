@@ -21,6 +21,7 @@ padding and buffer logic through it, as CUDA graphs themselves need a GPU.
 from __future__ import annotations
 
 import torch
+
 from monovl.engine.step_layout import StepLayout
 from monovl.model.forward_batch import DecodeKernel, DecodeRows, ForwardBatch, KVCache
 from monovl.model.mono_internvl import MonoInternVL

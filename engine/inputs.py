@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from monovl.model.pixel_normalization import normalize_tiles
 
 

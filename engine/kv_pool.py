@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+
 from monovl.model.forward_batch import KVCache
 from monovl.model.mono_internvl import MonoInternVL
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
+
 from monovl.engine.block_pool import BlockPool
 from monovl.engine.cuda_graphs import DecodeGraphs
 from monovl.engine.detokenizer import TokenDecoder

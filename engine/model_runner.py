@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from monovl.engine.cuda_graphs import DecodeGraphs
 from monovl.engine.inputs import ImageInput
 from monovl.engine.outputs import TokenLogprob

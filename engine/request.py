@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
 from monovl.engine.inputs import PromptInputs
 from monovl.engine.outputs import RequestTimings, TokenLogprob
 from monovl.engine.sampling_params import SamplingParams

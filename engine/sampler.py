@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from monovl.engine.outputs import TokenLogprob
 from monovl.engine.request import Request
 

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, fields
 
 import torch
+
 from monovl.model.onednn_linear import onednn_linear_works
 
 log = logging.getLogger(__name__)

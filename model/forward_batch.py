@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
 from monovl.model.config import LLMConfig
 
 

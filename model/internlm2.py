@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from monovl.model.config import LLMConfig
 from monovl.model.fast_path import FastPath
 from monovl.model.forward_batch import ExpertRows, ForwardBatch, KVCache
 from monovl.model.paged_attention import paged_attention, write_kv
 from monovl.model.rope import apply_rotary
-from torch import nn
 
 try:
     from monovl.model.fused_ops import rms_norm, rotary_and_cache, silu_mul
@@ -90,17 +91,21 @@ class InternLM2Attention(nn.Module):
 
 
 class InternLM2DecoderLayer(nn.Module):
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, packed_experts: bool = False) -> None:
         super().__init__()
         self.attention = InternLM2Attention(config)
         self.feed_forward = InternLM2MLP(config)
         self.feed_forward_ve = InternLM2MLP(config)
         self.attention_norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn_norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
-        # Both experts' w1|w3 as [2, 2 * I, hidden] and w2 as [2, hidden, I] (0: text, 1: visual),
-        # set by pack_experts(); the Linear weights are then views of these.
-        self.w13: torch.Tensor | None = None
-        self.w2: torch.Tensor | None = None
+        self.packed_experts = packed_experts
+        if packed_experts:
+            # Both experts' w1|w3 as [2, 2 * I, hidden] and w2 as [2, hidden, I] (0: text, 1: visual),
+            # for the one-GEMM and grouped-GEMM kernels. Not in the state dict: the experts' Linear
+            # weights keep the checkpoint's names and are views of these (`pack_expert_weights`).
+            inter, hidden = config.intermediate_size, config.hidden_size
+            self.register_buffer("w13", torch.empty(2, 2 * inter, hidden), persistent=False)
+            self.register_buffer("w2", torch.empty(2, hidden, inter), persistent=False)
 
     def forward(
         self,
@@ -142,39 +147,47 @@ class InternLM2DecoderLayer(nn.Module):
     def expert(self, x: torch.Tensor, k: int, fast: FastPath) -> torch.Tensor:
         # k: 0 feed_forward (text), 1 feed_forward_ve (visual)
         if fast.silu or fast.experts:  # w1|w3 as one GEMM on the packed weights
-            assert self.w13 is not None and self.w2 is not None, "call pack_experts() first"
             return F.linear(activate(F.linear(x, self.w13[k]), fast), self.w2[k])
         return (self.feed_forward, self.feed_forward_ve)[k](x)
 
     def grouped_ffn(self, x: torch.Tensor, rows: ExpertRows | None, fast: FastPath) -> torch.Tensor:
         if rows is None:
             return self.expert(x, 0, fast)
-        assert self.w13 is not None and self.w2 is not None, "call pack_experts() first"
         ordered = x[rows.order]
         gate_up = torch._grouped_mm(ordered, self.w13.transpose(1, 2), offs=rows.offsets)
         down = torch._grouped_mm(activate(gate_up, fast), self.w2.transpose(1, 2), offs=rows.offsets)
         return torch.empty_like(x).index_copy_(0, rows.order, down)
 
-    @torch.no_grad()
-    def pack_experts(self) -> None:
-        """Move both experts' weights into the packed tensors (same values, no second copy kept)."""
-        if self.w13 is not None:
-            return
-        experts = (self.feed_forward, self.feed_forward_ve)
-        inter = self.feed_forward.w1.weight.shape[0]
-        self.w13 = torch.stack([torch.cat([e.w1.weight, e.w3.weight]) for e in experts])
-        self.w2 = torch.stack([e.w2.weight for e in experts])
-        for k, expert in enumerate(experts):
-            expert.w1.weight = nn.Parameter(self.w13[k, :inter], requires_grad=False)
-            expert.w3.weight = nn.Parameter(self.w13[k, inter:], requires_grad=False)
-            expert.w2.weight = nn.Parameter(self.w2[k], requires_grad=False)
+
+_EXPERTS = ("feed_forward", "feed_forward_ve")  # packed in this order: 0 text, 1 visual
+
+
+def pack_expert_weights(
+    state: dict[str, torch.Tensor], layer: str
+) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """A packed layer's `w13` and `w2` from the checkpoint's expert weights (`state`, the layer's
+    names under the prefix `layer`), and those weights again as views of them, by name, so that the
+    values are held once."""
+    prefix = f"{layer}." if layer else ""
+    w1, w3, w2 = ([state[f"{prefix}{e}.{w}.weight"] for e in _EXPERTS] for w in ("w1", "w3", "w2"))
+    inter = w1[0].shape[0]
+    w13 = torch.stack([torch.cat([a, b]) for a, b in zip(w1, w3, strict=True)])
+    w2_packed = torch.stack(w2)
+    views = {}
+    for k, expert in enumerate(_EXPERTS):
+        views[f"{prefix}{expert}.w1.weight"] = w13[k, :inter]
+        views[f"{prefix}{expert}.w3.weight"] = w13[k, inter:]
+        views[f"{prefix}{expert}.w2.weight"] = w2_packed[k]
+    return (w13, w2_packed), views
 
 
 class InternLM2Model(nn.Module):
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, packed_experts: bool = False) -> None:
         super().__init__()
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(InternLM2DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            InternLM2DecoderLayer(config, packed_experts) for _ in range(config.num_hidden_layers)
+        )
         self.norm = InternLM2RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
@@ -197,7 +210,7 @@ class InternLM2Model(nn.Module):
 
 
 class InternLM2VEForCausalLM(nn.Module):
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, packed_experts: bool = False) -> None:
         super().__init__()
-        self.model = InternLM2Model(config)
+        self.model = InternLM2Model(config, packed_experts)
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

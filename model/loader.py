@@ -15,12 +15,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
 from monovl.model.config import ModelConfig
 from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from monovl.model.fast_path import FastPath
+from monovl.model.internlm2 import InternLM2DecoderLayer, pack_expert_weights
 from monovl.model.mono_internvl import MonoInternVL
-from safetensors import SafetensorError, safe_open
-from torch import nn
 
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
 
@@ -117,10 +119,24 @@ def load_model(
         for name, (handle, path) in sources.items():
             with _unreadable(path):
                 state[name] = handle.get_tensor(name).to(device=device, dtype=dtype)
-        model.load_state_dict(state, strict=True, assign=True)
+    assign_weights(model, state)
     model.eval().requires_grad_(False)
     model.lay_out_weights()
     return model
+
+
+def assign_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's tensors into `model` (built on the meta device), by name; a layer built with
+    packed experts gets them packed, its Linear weights views of the packed tensors."""
+    packed, views = [], {}
+    for name, module in model.named_modules():
+        if isinstance(module, InternLM2DecoderLayer) and module.packed_experts:
+            tensors, layer_views = pack_expert_weights(state, name)
+            packed.append((module, tensors))
+            views |= layer_views
+    model.load_state_dict({**state, **views}, strict=True, assign=True)
+    for layer, (w13, w2) in packed:
+        layer.w13, layer.w2 = w13, w2
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from monovl.model.config import ModelConfig
 from monovl.model.fast_path import FastPath
 from monovl.model.forward_batch import ForwardBatch, KVCache
@@ -10,7 +12,6 @@ from monovl.model.internlm2 import PLAIN, InternLM2VEForCausalLM
 from monovl.model.onednn_linear import reorder_linears
 from monovl.model.rope import RotaryEmbedding
 from monovl.model.vision import InternVisionPatchModel, pixel_shuffle
-from torch import nn
 
 
 class MonoInternVL(nn.Module):
@@ -27,7 +28,7 @@ class MonoInternVL(nn.Module):
             nn.GELU(),
             nn.Linear(llm_hidden, llm_hidden),
         )
-        self.language_model = InternLM2VEForCausalLM(config.llm)
+        self.language_model = InternLM2VEForCausalLM(config.llm, packed_experts=fast.silu or fast.experts)
         self._rotary: RotaryEmbedding | None = None
 
     @property
@@ -66,11 +67,8 @@ class MonoInternVL(nn.Module):
         return self.language_model.model(x, cos, sin, kv_cache, batch, rows, self.fast)
 
     def lay_out_weights(self) -> None:
-        """The weights in the layout self.fast runs on: each layer's two experts packed (silu, experts),
-        every linear layer reordered for oneDNN (onednn). The loader calls it once."""
-        if self.fast.silu or self.fast.experts:
-            for layer in self.language_model.model.layers:
-                layer.pack_experts()
+        """Every linear layer reordered for oneDNN, when self.fast runs it. The loader calls it once.
+        (The experts' packed layout is the loader's too, as it reads them: `pack_expert_weights`.)"""
         if self.fast.onednn:
             reorder_linears(self)
 

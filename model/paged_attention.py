@@ -21,9 +21,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from monovl.model.fast_path import triton_runs_on
 from monovl.model.forward_batch import DecodeKernel, ForwardBatch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Not cuDNN: torch picks its attention first on Hopper, and it builds an execution plan on the CPU
 # for every new shape; prefill chunks seldom repeat a shape, so planning would dominate a prefill

@@ -13,6 +13,7 @@ only when that length exceeds `max_position_embeddings`. Callers pass that lengt
 from __future__ import annotations
 
 import torch
+
 from monovl.model.config import LLMConfig
 
 

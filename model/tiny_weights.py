@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
 from monovl.model.config import ModelConfig
 from monovl.model.mono_internvl import MonoInternVL
-from safetensors.torch import save_file
 
 
 @dataclass(frozen=True)

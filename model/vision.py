@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monovl.model.config import VisionConfig
 from torch import nn
+
+from monovl.model.config import VisionConfig
 
 
 class InternVisionEmbeddings(nn.Module):

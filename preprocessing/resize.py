@@ -17,8 +17,9 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from monovl.preprocessing.cpu_priority import IMAGE_NICENESS, lower_priority
 from PIL import Image
+
+from monovl.preprocessing.cpu_priority import IMAGE_NICENESS, lower_priority
 
 MIN_BAND = 64  # rows or columns per band: thinner bands cost more in copies than they save
 MAX_BANDS = 8  # each band's crop and paste is a copy; measured only up to 2 CPUs, so no more than this

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monovl.preprocessing.resize import resize
 from PIL import Image
+
+from monovl.preprocessing.resize import resize
 
 
 def candidate_grids(min_num: int, max_num: int) -> list[tuple[int, int]]:

@@ -14,8 +14,9 @@ import random
 from pathlib import Path
 
 import sentencepiece as spm
-from monovl.preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE
 from sentencepiece import sentencepiece_model_pb2 as sp_proto
+
+from monovl.preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE
 
 # Pieces 92538..92543 of the real sentencepiece model, in this order.
 CHAT_PIECES = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>")

@@ -13,6 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
 from monovl.server import chat, openapi, responses, tokenization
 from monovl.server import completions as text_completions
 from monovl.server.completions import Completion, CompletionRequest
@@ -35,9 +39,6 @@ from monovl.server.stats_log import log_stats_every
 from monovl.server.streaming import ClientGone, EventStream, race, shutting_down
 from monovl.server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from monovl.server.version import version
-from pydantic import BaseModel, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 VERSION = version()
 T = TypeVar("T", bound=BaseModel)

@@ -16,6 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from pydantic import BaseModel, Field, StrictInt, field_validator
+from starlette.responses import Response
+
 from monovl.engine.inputs import PromptInputs
 from monovl.engine.outputs import TokenLogprob
 from monovl.engine.sampling_params import SamplingParams, SamplingParamsError
@@ -27,8 +30,6 @@ from monovl.server.protocol import SamplingRequest, Usage
 from monovl.server.state import ServerState
 from monovl.server.structured_outputs import requested_constraint
 from monovl.server.tools import ToolMode
-from pydantic import BaseModel, Field, StrictInt, field_validator
-from starlette.responses import Response
 
 MAX_PROMPTS = 64
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from monovl.server.errors import error_body
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from monovl.server.errors import error_body
 
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 MAX_HEADER_BYTES = 32 * 1024

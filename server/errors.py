@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from fastapi.responses import Response
+
 from monovl.server.logs import request_failed
 
 

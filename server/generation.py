@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from monovl.engine.inputs import PromptInputs
 from monovl.engine.llm_engine import UNAVAILABLE, RequestError, RequestLimits
 from monovl.engine.output_streams import EngineDeadError, EngineNotAnswering
@@ -20,7 +22,6 @@ from monovl.server.errors import APIError, bad_request
 from monovl.server.protocol import PromptTokensDetails, Usage
 from monovl.server.state import ServerState
 from monovl.server.structured_outputs import Constraint
-from pydantic import BaseModel
 
 log = logging.getLogger(__name__)
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

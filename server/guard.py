@@ -22,11 +22,12 @@ import logging
 import time
 import uuid
 
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from monovl.server.errors import APIError
 from monovl.server.logs import begin_request, request_failed
 from monovl.server.state import ServerSettings
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("monovl.access")
 # What a load balancer, an orchestrator and a scraper call without the key; every other path needs it.

@@ -17,6 +17,7 @@ import signal
 from types import FrameType
 
 import uvicorn
+
 from monovl.server.memory import trim_now_and_then
 from monovl.server.state import ServerState
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from monovl.server.protocol import ErrorResponse
 from pydantic import BaseModel
+
+from monovl.server.protocol import ErrorResponse
 
 REF = "#/components/schemas/{model}"
 # Before OpenAPI 3.2 a `text/event-stream` schema describes one event, as a client parses it (each

@@ -11,9 +11,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
+
 from monovl.engine.sampling_params import INT64_MAX, INT64_MIN, SamplingParams, SamplingParamsError
 from monovl.engine.structured_output import StructuredOutput
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
 
 
 class ImageURL(BaseModel):

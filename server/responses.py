@@ -13,6 +13,8 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from monovl.server import chat
 from monovl.server.errors import APIError, bad_request
 from monovl.server.generation import Tally, check_model, outputs
@@ -40,7 +42,6 @@ from monovl.server.responses_protocol import (
 )
 from monovl.server.state import ServerState
 from monovl.server.tools import ChoiceReader
-from pydantic import ValidationError
 
 # A chat field's name in a refusal, as the Responses request names it.
 _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}

@@ -8,8 +8,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from monovl.server.protocol import JSONSchemaFormat
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
+
+from monovl.server.protocol import JSONSchemaFormat
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 

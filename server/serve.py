@@ -11,6 +11,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+
+from monovl.checkpoint import build_engine, checkpoint_directory, parse_device
 from monovl.engine.async_llm import AsyncLLM
 from monovl.engine.core_client import CoreProcess, CoreThread
 from monovl.engine.llm_engine import EngineConfig
@@ -26,8 +28,6 @@ from monovl.server.preprocess_pool import PreprocessPool
 from monovl.server.remote_images import RemoteImageFetcher
 from monovl.server.response_store import ResponseStore
 from monovl.server.state import ServerSettings, ServerState
-
-from monovl.checkpoint import build_engine, checkpoint_directory, parse_device
 
 HEALTH_PATH = "/health"
 log = logging.getLogger("monovl")
@@ -172,6 +172,7 @@ def log_startup(state: ServerState, load_seconds: float) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
+
     from monovl.server.app import create_app
     from monovl.server.connections import header_deadline_protocol
     from monovl.server.lifecycle import ENGINE_DIED_EXIT_STATUS, Server

@@ -13,11 +13,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
 from monovl.server.drain import Drain
 from monovl.server.errors import APIError, error_event
 from monovl.server.logs import request_cut
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 

@@ -6,6 +6,8 @@ and every image's `<IMG_CONTEXT>` tokens included (so `count` is what the contex
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
 from monovl.server.chat import build_prompt, to_conversation
 from monovl.server.completions import check_token_ids
 from monovl.server.errors import bad_request
@@ -13,7 +15,6 @@ from monovl.server.generation import check_model
 from monovl.server.protocol import ChatCompletionRequest, ChatMessageIn, Tool
 from monovl.server.state import ServerState
 from monovl.server.tools import tool_mode
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 MAX_DETOKENIZE = 1_000_000
 

@@ -27,10 +27,10 @@ import threading
 import time
 
 import httpx
-from monovl.preprocessing.tiny_checkpoint import ensure_demo_checkpoint
 
 from benchmarks.engine_bench import machine
 from benchmarks.server_process import ServerProcess
+from monovl.preprocessing.tiny_checkpoint import ensure_demo_checkpoint
 from tests.hostile import data_url, image_message
 from tests.reliability_run import TRIM_WAIT_S, report
 from tests.test_lanes import large_image

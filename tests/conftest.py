@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from monovl.model.loader import load_model
 from monovl.model.tiny_weights import TinyShape
 from monovl.preprocessing.processor import Preprocessor
 from monovl.preprocessing.tiny_checkpoint import make_tiny_checkpoint
-from PIL import Image
 
 torch.set_num_threads(2)
 

@@ -10,7 +10,6 @@ from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from monovl.preprocessing.processor import Preprocessor
-
 from tests.conftest import png_bytes
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from monovl.engine.model_runner import DeviceError, ModelRunner
 from monovl.server.cli import main
 

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import httpx
-from monovl.model.tiny_weights import TinyShape
-from monovl.preprocessing.tiny_checkpoint import bench_checkpoint, make_tiny_checkpoint
 
 from benchmarks.server_process import ServerProcess
+from monovl.model.tiny_weights import TinyShape
+from monovl.preprocessing.tiny_checkpoint import bench_checkpoint, make_tiny_checkpoint
 from tests.conftest import png_bytes
 from tests.hostile import data_url, hostile_requests, hundred_mib, image_message
 from tests.load import expected_answers, run_round, stream_events

@@ -5,6 +5,7 @@ import asyncio
 import threading
 
 import pytest
+
 from monovl.engine import output_streams
 from monovl.engine.async_llm import AsyncLLM
 from monovl.engine.core_client import CoreThread
@@ -13,7 +14,6 @@ from monovl.engine.llm_engine import EngineConfig, LLMEngine, RequestError, Toke
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.output_streams import EngineNotAnswering, _deliver
 from monovl.engine.sampling_params import SamplingParams
-
 from tests.engine_helpers import mixed_workload
 
 

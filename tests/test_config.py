@@ -2,6 +2,7 @@ import copy
 import json
 
 import pytest
+
 from monovl.model.config import ConfigError, ModelConfig
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from monovl.server.cli import parse_args
 from monovl.server.serve import HEALTH_PATH
 from monovl.server.state import DEFAULT_PORT

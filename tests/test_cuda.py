@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+
+from monovl.checkpoint import LoadedCheckpoint
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
 from monovl.model.loader import load_model
 from monovl.model.pixel_normalization import normalize_tiles
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from monovl.preprocessing.processor import Preprocessor
-
-from monovl.checkpoint import LoadedCheckpoint
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -98,6 +98,7 @@ def test_grouped_experts_run_in_bfloat16():
 
 def test_fused_kernels_round_as_the_plain_path_in_bfloat16():
     import torch.nn.functional as F
+
     from monovl.model.fused_ops import rms_norm, rotary_and_cache, silu_mul
     from monovl.model.internlm2 import InternLM2RMSNorm
     from monovl.model.paged_attention import write_kv

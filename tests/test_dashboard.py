@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from monovl.server.metrics import PREFIXES
 
 from benchmarks.server_process import ServerProcess, free_port
+from monovl.server.metrics import PREFIXES
 from tests.conftest import png_bytes
 from tests.hostile import data_url, image_message
 from tests.test_metrics import fresh

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+
 from monovl.model.config import LLMConfig
 from monovl.model.forward_batch import ExpertRows, ForwardBatch, KVCache
 from monovl.model.internlm2 import InternLM2Attention, InternLM2DecoderLayer
 from monovl.model.paged_attention import blocked_causal_gqa, causal_gqa, one_query_gqa
 from monovl.model.rope import RotaryEmbedding
-
 from tests.naive_math import causal_attention, rope_angles, rotate_pairs, silu_ffn, split_wqkv
 
 
@@ -164,11 +164,11 @@ def test_decode_rows_attended_together_equal_float64_attention(dtype, lengths):
     # Three one-token requests beside a 3-token chunk (the last length): similar contexts attend in one
     # padded call, a short one among long ones makes the padding too costly and each attends alone.
     import numpy as np
+
     from monovl.engine.model_runner import ModelRunner
     from monovl.engine.step_layout import StepLayout
     from monovl.engine.vision_cache import VisionCache
     from monovl.model.paged_attention import padded_decode, paged_attention
-
     from tests.naive_math import causal_attention as full
 
     heads, kv_heads, d, block_size = 4, 2, 8, 4

@@ -6,6 +6,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+
 from monovl.server.metrics import Metrics
 from monovl.server.serve import HEALTH_PATH
 from monovl.server.state import DEFAULT_PORT

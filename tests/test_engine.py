@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+
 from monovl.engine.llm_engine import EngineConfig, LLMEngine, RequestError
 from monovl.engine.sampling_params import SamplingParams
 from monovl.preprocessing.chat_template import ChatMessage
-
 from tests.conftest import generate_cli
 from tests.engine_helpers import mixed_workload, run, solo_results
 

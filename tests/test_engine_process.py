@@ -11,6 +11,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
+from monovl.checkpoint import build_engine
 from monovl.engine.async_llm import AsyncLLM
 from monovl.engine.core_client import CoreProcess
 from monovl.engine.llm_engine import EngineConfig, RequestError
@@ -21,8 +23,6 @@ from monovl.engine.structured_output import StructuredOutput
 from monovl.model.config import ModelConfig
 from monovl.model.loader import CheckpointError
 from monovl.preprocessing.processor import Preprocessor
-
-from monovl.checkpoint import build_engine
 from tests.engine_helpers import FakeDecoder, mixed_workload, run
 
 CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)

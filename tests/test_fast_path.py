@@ -8,11 +8,12 @@ import json
 
 import pytest
 import torch
+
 from monovl.model.fast_path import FastPath, grouped_mm_works
 from monovl.model.forward_batch import ExpertRows
 from monovl.model.internlm2 import InternLM2DecoderLayer
+from monovl.model.loader import assign_weights
 from monovl.model.onednn_linear import OneDNNLinear, onednn_linear_works, reorder_linears
-
 from tests.test_decoder_math import config, randomize
 from tests.test_triton_decode import run_interpreted
 
@@ -108,15 +109,19 @@ def test_grouped_experts_equal_the_routed_experts_and_keep_the_checkpoint_names(
     x = torch.randn(10, 32, generator=torch.Generator().manual_seed(2))
     masks = [torch.tensor([0, 0, 1, 1, 1, 0, 1, 0, 0, 1], dtype=torch.bool), torch.ones(10, dtype=torch.bool)]
     plain = [layer.routed_ffn(x, ExpertRows.of(m)) for m in [*masks, torch.zeros(10, dtype=torch.bool)]]
-    layer.pack_experts()
+    with torch.device("meta"):
+        packed_layer = InternLM2DecoderLayer(config(4, 2), packed_experts=True)
+    assign_weights(packed_layer, {name: t.clone() for name, t in state.items()})
     grouped = FastPath(experts=True)
-    packed = [layer.routed_ffn(x, ExpertRows.of(m), grouped) for m in [*masks, torch.zeros(10, dtype=torch.bool)]]
+    packed = [
+        packed_layer.routed_ffn(x, ExpertRows.of(m), grouped) for m in [*masks, torch.zeros(10, dtype=torch.bool)]
+    ]
     for ours, theirs in zip(packed, plain, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    after = layer.state_dict()
+    after = packed_layer.state_dict()  # the checkpoint's names and values, not the packed tensors
     assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
-    inter = layer.feed_forward.w1.weight.shape[0]
-    assert layer.feed_forward_ve.w3.weight.data_ptr() == layer.w13[1, inter:].data_ptr()  # views, no copy
+    inter = packed_layer.feed_forward.w1.weight.shape[0]
+    assert packed_layer.feed_forward_ve.w3.weight.data_ptr() == packed_layer.w13[1, inter:].data_ptr()  # views
 
 
 needs_onednn = pytest.mark.skipif(
@@ -149,10 +154,9 @@ def test_onednn_linears_equal_the_plain_layers(dtype):
 
 @needs_onednn
 def test_engine_on_onednn_linears_gives_the_plain_tokens(tiny_dir):
+    from monovl.checkpoint import load_checkpoint
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
-
-    from monovl.checkpoint import load_checkpoint
     from tests.conftest import png_bytes
     from tests.engine_helpers import greedy_tokens
 

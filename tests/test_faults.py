@@ -8,12 +8,12 @@ import httpx
 import pytest
 import torch
 import uvicorn
+
+from benchmarks.server_process import ServerProcess, free_port
 from monovl.server.app import create_app
 from monovl.server.cli import build_parser
 from monovl.server.preprocess_pool import PoolClosed, PreprocessPool
 from monovl.server.serve import build_state
-
-from benchmarks.server_process import ServerProcess, free_port
 from tests.conftest import png_bytes
 from tests.hostile import data_url, image_message
 
@@ -173,11 +173,10 @@ def test_a_kv_pool_too_small_for_the_load_queues_and_preempts(tiny_dir):
 
 def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
     # 4,000 rows against a ~1,000-token tokenizer: a random model samples mostly rows with no text.
+    from monovl.checkpoint import load_checkpoint
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
-
-    from monovl.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(str(make_checkpoint(vocab=4000)), "float32", "cpu")
     assert loaded.model.config.llm.vocab_size == 4000
@@ -194,12 +193,11 @@ def test_a_padded_vocab_generates_and_detokenizes(make_checkpoint):
 
 
 def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, monkeypatch):
+    from monovl.checkpoint import LoadedCheckpoint
     from monovl.engine.detokenizer import IncrementalDetokenizer
     from monovl.engine.llm_engine import EngineConfig, LLMEngine
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
-
-    from monovl.checkpoint import LoadedCheckpoint
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     engine = LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64))
@@ -225,9 +223,8 @@ def test_a_detokenizer_fault_fails_that_request_only(tiny_model, preprocessor, m
 
 
 def _engine(tiny_model, preprocessor, **config):
-    from monovl.engine.llm_engine import EngineConfig, LLMEngine
-
     from monovl.checkpoint import LoadedCheckpoint
+    from monovl.engine.llm_engine import EngineConfig, LLMEngine
 
     tokens = LoadedCheckpoint(None, tiny_model, preprocessor).tokens
     return LLMEngine(tiny_model, tokens, EngineConfig(num_kv_blocks=64, **config))
@@ -237,7 +234,6 @@ def test_a_sampling_fault_fails_that_request_only(tiny_model, preprocessor, monk
     import monovl.engine.llm_engine as llm_engine
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
-
     from tests.engine_helpers import run
 
     def requests():
@@ -340,7 +336,6 @@ def test_a_fault_while_building_one_request_s_output_fails_that_request_only(tin
     from monovl.engine.detokenizer import IncrementalDetokenizer
     from monovl.engine.sampling_params import SamplingParams
     from monovl.preprocessing.chat_template import ChatMessage
-
     from tests.engine_helpers import run
 
     engine = _engine(tiny_model, preprocessor)

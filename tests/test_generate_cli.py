@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from monovl.preprocessing.tokenizer import Tokenizer
 
+from monovl.preprocessing.tokenizer import Tokenizer
 from tests.conftest import png_bytes
 
 

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from monovl.checkpoint import build_engine
 from monovl.engine.grammar_compiler import CompilerBusy, CompilerClosed, GrammarCompiler
 from monovl.engine.grammar_probe import GrammarProbe, ProbeUnavailable
 from monovl.engine.llm_engine import UNAVAILABLE, EngineConfig, grammar_refusal
@@ -20,8 +22,6 @@ from monovl.engine.structured_output import (
     resident_bytes,
 )
 from monovl.preprocessing.tokenizer import Tokenizer
-
-from monovl.checkpoint import build_engine
 from tests.engine_helpers import mixed_workload
 
 

@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 import httpx
+
 from monovl.server.guard import Guard
 from monovl.server.state import ServerSettings
 

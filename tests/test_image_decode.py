@@ -4,9 +4,9 @@ import zlib
 
 import numpy as np
 import pytest
-from monovl.preprocessing.image_decode import ImageError, decode_image
 from PIL import Image
 
+from monovl.preprocessing.image_decode import ImageError, decode_image
 from tests.conftest import png_bytes
 
 

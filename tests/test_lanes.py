@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from monovl.preprocessing import resize
-from monovl.preprocessing.cpu_priority import IMAGE_NICENESS, lower_priority
-from monovl.server.preprocess_pool import PreprocessPool
 from PIL import Image
 
 from benchmarks.server_process import ServerProcess
+from monovl.preprocessing import resize
+from monovl.preprocessing.cpu_priority import IMAGE_NICENESS, lower_priority
+from monovl.server.preprocess_pool import PreprocessPool
 from tests.hostile import _png, data_url, image_message
 
 USER = [{"role": "user", "content": "hi"}]

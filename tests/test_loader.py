@@ -5,8 +5,9 @@ import sys
 
 import pytest
 import torch
-from monovl.model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint, weight_files
 from safetensors.torch import load_file, save_file
+
+from monovl.model.loader import CheckpointError, load_model, parse_dtype, resolve_checkpoint, weight_files
 
 CPU = torch.device("cpu")
 

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from monovl.engine.core_messages import EngineStats
-from monovl.server.metrics import FINISH_REASONS, PREFIXES, Metrics
 
 from benchmarks.server_process import ServerProcess
+from monovl.engine.core_messages import EngineStats
+from monovl.server.metrics import FINISH_REASONS, PREFIXES, Metrics
 
 ENGINE_SERIES = (
     "num_requests_running",

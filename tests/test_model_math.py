@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from monovl.engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
 from monovl.engine.sampling_params import SamplingParams
 from monovl.model.forward_batch import ExpertRows, ForwardBatch, KVCache
 from monovl.model.loader import load_model, weight_files
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from monovl.preprocessing.processor import Preprocessor
-from safetensors.torch import load_file
-
 from tests.conftest import png_bytes
 from tests.naive_math import embed_images, language_model_logits
 

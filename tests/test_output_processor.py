@@ -5,7 +5,6 @@ from dataclasses import replace
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.outputs import RequestOutput, RequestTimings, TokenLogprob
 from monovl.engine.sampling_params import SamplingParams
-
 from tests.engine_helpers import FakeDecoder
 
 EOS = 2  # the model's stop token in these tests; FakeDecoder decodes it as a control byte

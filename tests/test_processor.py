@@ -1,6 +1,6 @@
 import pytest
-from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 
+from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from tests.conftest import png_bytes
 
 

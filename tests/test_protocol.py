@@ -1,6 +1,7 @@
 """The wire models' mapping to SamplingParams, field by field where OpenAI and vLLM define an order."""
 
 import pytest
+
 from monovl.engine.sampling_params import SamplingParamsError
 from monovl.server.protocol import ChatCompletionRequest
 

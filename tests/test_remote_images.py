@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
+
 from monovl.server.errors import APIError
 from monovl.server.remote_images import RemoteImageFetcher
-
 from tests.conftest import png_bytes
 
 PNG = png_bytes(32, 32)

@@ -8,10 +8,10 @@ import time
 
 import httpx
 import pytest
-from monovl.server.completions import Completion, CompletionChoice, CompletionLogprobs
-from monovl.server.echo_json import echo_response
 
 from benchmarks.server_process import ServerProcess
+from monovl.server.completions import Completion, CompletionChoice, CompletionLogprobs
+from monovl.server.echo_json import echo_response
 from tests.hostile import data_url, image_message
 from tests.load import stream_events
 from tests.server_helpers import health_pings_during

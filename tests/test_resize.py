@@ -1,9 +1,10 @@
 """The banded resize gives Pillow's one-call bicubic resize to the bit, in either order of passes."""
 
-import monovl.preprocessing.resize as banded
 import numpy as np
 import pytest
 from PIL import Image
+
+import monovl.preprocessing.resize as banded
 
 
 def random_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:

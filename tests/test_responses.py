@@ -8,12 +8,12 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel, Field
+
 from monovl.server.protocol import ChatCompletionRequest
 from monovl.server.response_store import ResponseStore
 from monovl.server.responses import chat_body, input_messages
 from monovl.server.responses_protocol import ResponsesRequest
-from pydantic import BaseModel, Field
-
 from tests.conftest import png_bytes
 from tests.server_helpers import data_url
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
+
 from monovl.model.config import LLMConfig, RopeScaling
 from monovl.model.rope import RotaryEmbedding, apply_rotary
-
 from tests.naive_math import rope_angles, rotate_pairs
 
 

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+
 from monovl.engine.detokenizer import IncrementalDetokenizer
 from monovl.engine.inputs import PromptInputs
 from monovl.engine.request import Request
 from monovl.engine.sampler import apply_penalties, sample, top_k_top_p_min_p
 from monovl.engine.sampling_params import SamplingParams, SamplingParamsError
-
 from tests.engine_helpers import FakeDecoder
 
 

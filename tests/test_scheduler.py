@@ -2,8 +2,9 @@
 
 import itertools
 
-import monovl.engine.llm_engine as llm_engine
 import pytest
+
+import monovl.engine.llm_engine as llm_engine
 from monovl.engine.llm_engine import EngineConfig, LLMEngine, TokenizerInfo
 from monovl.engine.sampling_params import SamplingParams
 from monovl.preprocessing.chat_template import ChatMessage

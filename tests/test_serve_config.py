@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from monovl.engine.kv_pool import free_memory_gib, kv_pool_gib
 from monovl.engine.llm_engine import EngineConfig
 from monovl.engine.settings import defaults, from_arguments

@@ -7,9 +7,10 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel, Field
+
 from monovl.engine.structured_output import GrammarError, Grammars, StructuredOutput, Vocabulary
 from monovl.preprocessing.tokenizer import Tokenizer
-from pydantic import BaseModel, Field
 
 USER = [{"role": "user", "content": "Describe a person."}]
 
@@ -167,10 +168,9 @@ def test_constrained_rows_after_unconstrained_ones_are_masked_and_end_with_their
     """A batch whose constrained requests sit behind unconstrained rows (the bitmask must be filled
     at the constrained rows' own indices), with ignore_eos (the grammar's end is read once the
     sampled token is accepted, and ends the request without any stop token)."""
+    from monovl.checkpoint import build_engine
     from monovl.engine.llm_engine import EngineConfig
     from monovl.engine.sampling_params import SamplingParams
-
-    from monovl.checkpoint import build_engine
     from tests.engine_helpers import mixed_workload
 
     engine = build_engine(tiny_dir, "float32", "cpu", "auto", EngineConfig(num_kv_blocks=512))

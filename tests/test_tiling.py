@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from monovl.model.pixel_normalization import IMAGENET_MEAN, IMAGENET_STD, gather_normalized, normalize_tiles
 from monovl.preprocessing.tiling import candidate_grids, closest_grid, tile_image, tiles_to_pixels
-from PIL import Image
 
 S = 448
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import sentencepiece as spm
+
 from monovl.preprocessing.tokenizer import Tokenizer, TokenizerError
 
 

@@ -6,11 +6,12 @@ import json
 import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel, Field
+
 from monovl.preprocessing.chat_template import DEFAULT_SYSTEM_MESSAGE, render_prompt
 from monovl.server.chat import to_conversation
 from monovl.server.protocol import ChatCompletionRequest
 from monovl.server.tools import ChoiceReader, ToolMode, forced_call_grammar, tool_mode
-from pydantic import BaseModel, Field
 
 WEATHER = {
     "type": "object",

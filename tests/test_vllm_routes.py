@@ -3,9 +3,9 @@
 import httpx
 import openai
 import pytest
+
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
 from monovl.preprocessing.processor import Preprocessor
-
 from tests.conftest import png_bytes
 from tests.server_helpers import data_url
 
