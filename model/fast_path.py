@@ -12,9 +12,11 @@ Each switch replaces one piece of the decoder with a faster form that equals it 
 - `onednn` (CPU): every linear layer as a oneDNN GEMM on a weight reordered once
   (`model/onednn_linear.py`).
 
-The loader parses the spec and lays the weights out for it (`MonoInternVL.lay_out_weights`);
-the model keeps its `FastPath`, and every forward runs it. Packing the experts keeps the
-checkpoint-named weights as views of the packed tensors, so the plain path still runs on them.
+The loader parses the spec and lays the weights out for it: the experts packed as they load
+(`model/loader.py`, `assign_weights`), every linear layer reordered for oneDNN after
+(`MonoInternVL.lay_out_weights`). The model keeps its `FastPath`, and every forward runs it.
+Packing the experts keeps the checkpoint-named weights as views of the packed tensors, so the
+plain path still runs on them.
 """
 
 from __future__ import annotations
