@@ -32,7 +32,7 @@ from monovl.server.protocol import (
     ModelList,
     completion_id,
 )
-from monovl.server.request_body import parse_json_object
+from monovl.server.request_body import check_content_type, parse_json_object
 from monovl.server.responses_protocol import ResponseDeleted, ResponseObject, ResponsesRequest, response_id
 from monovl.server.state import ServerState
 from monovl.server.stats_log import log_stats_every
@@ -236,6 +236,7 @@ def _counted(state: ServerState, sequences: int = 1) -> Iterator[None]:
 
 
 async def _parse_body(request: Request, model: type[T], state: ServerState) -> T:
+    check_content_type(request.headers.get("content-type"))
     data = parse_json_object(await request.body(), state.settings.max_body_values)
     try:
         return model.model_validate(data)

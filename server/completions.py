@@ -26,7 +26,7 @@ from monovl.preprocessing.tokenizer import Tokenizer
 from monovl.server.echo_json import echo_response
 from monovl.server.errors import APIError, bad_request, error_event
 from monovl.server.generation import Tally, check, check_model, compile_constraint, outputs, token_text
-from monovl.server.protocol import SamplingRequest, Usage
+from monovl.server.protocol import PromptTokensDetails, SamplingRequest, Usage
 from monovl.server.state import ServerState
 from monovl.server.structured_outputs import requested_constraint
 from monovl.server.tools import ToolMode
@@ -36,7 +36,8 @@ MAX_PROMPTS = 64
 
 class CompletionRequest(SamplingRequest):
     # Token ids before strings: a long list of ids must not be tried (and fail item by item) as strings.
-    prompt: str | list[StrictInt] | list[str] = Field(union_mode="left_to_right")
+    # No prompt (or null) is OpenAI's default: the start of a document, here the tokenizer's <s>.
+    prompt: str | list[StrictInt] | list[str] = Field(default="", union_mode="left_to_right")
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
@@ -250,7 +251,13 @@ async def _merged(
 def _usage(tallies: list[Tally]) -> Usage:
     prompt = sum(t.prompt_tokens for t in tallies)
     completion = sum(sum(t.completion_tokens.values()) for t in tallies)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = PromptTokensDetails(cached_tokens=sum(t.cached_tokens for t in tallies))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=cached,
+    )
 
 
 async def complete(
@@ -310,7 +317,8 @@ async def stream(
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
         body = Completion(id=request_id, created=created, model=model, choices=choices, usage=usage)
-        return f"data: {body.model_dump_json(exclude=None if request.include_usage else {'usage'})}\n\n"
+        # OpenAI's completion chunk has no null usage: the field is there only on the last chunk.
+        return f"data: {body.model_dump_json(exclude=None if usage is not None else {'usage'})}\n\n"
 
     def echoed(k: int, prompt_lps: list[TokenLogprob | None] | None) -> list[str]:
         """The echo of prompt k for each of its choices (with its logprobs when asked for)."""

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer, model_validator
 
 from monovl.engine.sampling_params import INT64_MAX, INT64_MIN, SamplingParams, SamplingParamsError
 from monovl.engine.structured_output import StructuredOutput
@@ -189,6 +189,14 @@ class SamplingRequest(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: object) -> object:
+        """A field sent as null takes its default, as OpenAI's nullable parameters mean."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -217,6 +225,8 @@ class SamplingRequest(BaseModel):
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         # A knob the request leaves out (or sends as null) takes SamplingParams' default, its one home.
         knobs = {name: getattr(self, name) for name in _KNOBS}
+        if knobs["top_p"] == 0:  # OpenAI allows it: the most likely token only
+            knobs |= {"top_p": None, "temperature": 0.0}
         return SamplingParams(
             n=self.n,
             **{name: value for name, value in knobs.items() if value is not None},
@@ -276,6 +286,7 @@ class TokenLogprobOut(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobOut] | None
+    refusal: list[TokenLogprobOut] | None = None  # the model never refuses apart from its text
 
 
 class FunctionCall(BaseModel):
@@ -292,6 +303,7 @@ class ToolCall(BaseModel):
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None  # in OpenAI's schema; null: this model refuses only in its text
     tool_calls: list[ToolCall] = Field(default_factory=list)
 
 

@@ -31,6 +31,21 @@ class _NotJSON(ValueError):
 DEFAULT_MAX_VALUES = 131_072
 
 
+def check_content_type(content_type: str | None) -> None:
+    """A body sent as anything but JSON is a 415: a web page may post text/plain or a form to any
+    address without asking first (no CORS preflight), and must not make this server generate.
+    No Content-Type at all is read as JSON, as FastAPI reads it."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise APIError(
+            415,
+            f"the body must be sent as Content-Type: application/json, not {media or 'an empty type'}",
+            code="unsupported_media_type",
+        )
+
+
 def parse_json_object(raw: bytes, max_values: int = DEFAULT_MAX_VALUES) -> dict:
     if raw.count(b",") >= max_values:
         raise APIError(

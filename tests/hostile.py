@@ -124,7 +124,7 @@ def hostile_requests(max_images: int = 8) -> list[tuple[str, bytes | dict]]:
     ]
     out_of_range = {
         "temperature": [-0.1, 2.5, "hot"],
-        "top_p": [0, 1.5, -1],
+        "top_p": [1.5, -1, -0.0001],  # 0 is allowed (OpenAI): the most likely token only
         "top_k": [-5, 1.5, 2**63, 10**6],
         "min_p": [-0.1, 1.1],
         "n": [0, 1000, 2.5, 2**64],

@@ -1,6 +1,7 @@
 """The server through a real uvicorn process, with the official OpenAI client and raw HTTP."""
 
 import asyncio
+import json
 import signal
 import time
 
@@ -364,3 +365,43 @@ def test_image_detail_low_is_one_tile(server):
 
     text_only = count("low") - 256  # one 448 px tile, no thumbnail: 256 image tokens
     assert count(None) == count("auto") == count("high") == text_only + (2 + 1) * 256  # 2x1 tiles and a thumbnail
+
+
+def test_openai_wire_details_nulls_top_p_zero_refusal_fields_and_json_content_types(server):
+    # A null for a nullable parameter is its default.
+    answer = post(server, {"messages": USER, "max_tokens": 2, "n": None, "logprobs": None, "stream": None})
+    assert answer.status_code == 200, answer.text
+    message = answer.json()["choices"][0]["message"]
+    assert "refusal" in message and message["refusal"] is None
+    with_logprobs = post(server, {"messages": USER, "max_tokens": 2, "logprobs": True}).json()["choices"][0]
+    assert with_logprobs["logprobs"]["refusal"] is None and len(with_logprobs["logprobs"]["content"]) == 2
+    # top_p 0 is allowed: the most likely token only, so seeds cannot change the answer.
+    texts = {
+        post(server, {"messages": USER, "max_tokens": 6, "top_p": 0, "seed": seed, "ignore_eos": True}).json()[
+            "choices"
+        ][0]["message"]["content"]
+        for seed in (1, 2, 3)
+    }
+    assert len(texts) == 1
+    # A body sent as anything but JSON: a web page can post text/plain or a form without a preflight.
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type}
+        response = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers)
+        assert_error(response, 415, code="unsupported_media_type")
+    for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type}
+        assert httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers).status_code == 200
+
+
+def test_completions_usage_has_its_details_and_stream_chunks_no_null_usage(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    url = f"{server.url}/v1/completions"
+    answer = httpx.post(url, json={"prompt": "Hello", "max_tokens": 2}, headers=headers).json()
+    assert isinstance(answer["usage"]["prompt_tokens_details"]["cached_tokens"], int)  # an object, as chat's
+    no_prompt = httpx.post(url, json={"prompt": None, "max_tokens": 2, "echo": None}, headers=headers)
+    assert no_prompt.status_code == 200 and no_prompt.json()["usage"]["prompt_tokens"] == 1  # <s>, as OpenAI's
+    body = {"prompt": "Hello", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url, json=body, headers=headers) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert all("usage" not in chunk for chunk in chunks[:-1]) and chunks[-1]["usage"]["total_tokens"] > 0
