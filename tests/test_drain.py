@@ -45,7 +45,7 @@ def test_sigterm_serves_through_the_delay_refuses_then_exits_when_streams_end(ti
     server = slow_server(tiny_dir, tmp_path, "--drain-delay", "2", "--graceful-timeout", "30")
     events: list = []
     try:
-        stream = threading.Thread(target=stream_events, args=(server.url, 300, events))  # ~6 s of steps
+        stream = threading.Thread(target=stream_events, args=(server.url, 300, events))  # open past the delay
         stream.start()
         while len(events) < 3:  # the stream has begun
             time.sleep(0.05)
@@ -85,7 +85,7 @@ def test_streams_still_open_at_the_deadline_end_with_an_error_event(tiny_dir, tm
     server = slow_server(tiny_dir, tmp_path, "--graceful-timeout", str(deadline))
     events: list = []
     try:
-        stream = threading.Thread(target=stream_events, args=(server.url, 2000, events))  # ~40 s of steps
+        stream = threading.Thread(target=stream_events, args=(server.url, 2000, events))  # far longer than the deadline
         stream.start()
         while len(events) < 3:
             time.sleep(0.05)
