@@ -48,7 +48,7 @@ P = TypeVar("P")
 def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        interval = state.settings.stats_interval
+        interval = state.settings.stats_every
         stats = asyncio.create_task(log_stats_every(interval, state.metrics)) if interval > 0 else None
         yield
         if stats is not None:

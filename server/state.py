@@ -124,6 +124,11 @@ class ServerSettings:
     )
 
     @property
+    def stats_every(self) -> float:
+        """Seconds between stats lines; 0: none."""
+        return 0.0 if self.disable_log_stats else self.stats_interval
+
+    @property
     def listens_beyond_loopback(self) -> bool:
         return self.host not in LOOPBACK and not self.host.startswith("127.")
 

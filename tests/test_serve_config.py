@@ -100,6 +100,12 @@ def test_an_impossible_setting_exits_2_naming_its_flag(flag, value, capsys):
     assert f"argument {flag}: must be" in error and value in error, error
 
 
+def test_disable_log_stats_turns_the_stats_lines_off():
+    for argv, every in ((["serve"], 10.0), (["serve", "--disable-log-stats"], 0.0)):
+        settings = from_arguments(ServerSettings, parse_args(argv), served_model_name="m", model_path="p")
+        assert settings.stats_every == every
+
+
 def test_the_edges_of_each_range_are_taken():
     args = parse_args(
         ["serve", "--long-prefill-token-threshold", "0", "--max-images-per-request", "0", "--stats-interval", "0"]
