@@ -47,16 +47,24 @@ def in_range(
 
     def parse(text: str) -> Any:
         value = kind(text)
-        if positive and not value > 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-        if minimum is not None and not value >= minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
-        if maximum is not None and not value <= maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, not {text}")
+        problem = out_of_range(value, minimum, maximum, positive)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def out_of_range(value: float, minimum: float | None, maximum: float | None, positive: bool) -> str | None:
+    """What is wrong with `value` for the range (NaN is outside every range); None if nothing."""
+    if positive and not value > 0:
+        return "must be more than 0"
+    if minimum is not None and not value >= minimum:
+        return f"must be at least {minimum:g}"
+    if maximum is not None and not value <= maximum:
+        return f"must be at most {maximum:g}"
+    return None
 
 
 def flag(config: type, name: str) -> str:
@@ -116,9 +124,7 @@ def configured(config: type, values: dict[str, Any]) -> Any:
             continue
         if meta["choices"] is not None and value not in meta["choices"]:
             raise ValueError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
-        if meta["minimum"] is not None or meta["maximum"] is not None or meta["positive"]:
-            try:
-                in_range(float, meta["minimum"], meta["maximum"], meta["positive"])(str(value))
-            except (argparse.ArgumentTypeError, ValueError) as error:
-                raise ValueError(f"{name} {error}") from None
+        problem = out_of_range(value, meta["minimum"], meta["maximum"], meta["positive"])
+        if problem is not None:
+            raise ValueError(f"{name} {problem}, not {value!r}")
     return config(**values)

@@ -183,12 +183,13 @@ def response_shell(state: ServerState, response_id: str, request: ResponsesReque
 
 
 def _usage(tally: Tally) -> ResponseUsage:
-    output = sum(tally.completion_tokens.values())
+    """Chat's usage, in the Responses API's names."""
+    usage = tally.usage()
     return ResponseUsage(
-        input_tokens=tally.prompt_tokens,
+        input_tokens=usage.prompt_tokens,
         input_tokens_details=InputTokensDetails(cached_tokens=tally.cached_tokens),
-        output_tokens=output,
-        total_tokens=tally.prompt_tokens + output,
+        output_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
     )
 
 
