@@ -14,6 +14,7 @@ from dataclasses import dataclass
 class StoredResponse:
     response: dict  # the response as it was answered
     messages: list[dict]  # its conversation as chat messages: input (less its instructions) and output
+    messages_size: int  # bytes of the messages as JSON
     size: int  # bytes of both as JSON
 
 
@@ -26,13 +27,17 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, response: dict, messages: list[dict]) -> bool:
-        """Keep `response` under its id; False if it cannot be kept (larger than the store)."""
-        size = len(json.dumps(response)) + len(json.dumps(messages))
+    def put(self, response: dict, messages: list[dict], earlier: StoredResponse | None = None) -> bool:
+        """Keep `response` and its conversation, `earlier`'s messages then `messages`, under its id;
+        False if it cannot be kept (larger than the store). Only what is new is measured, so a long
+        chain of follow-ups costs each turn its own size, not its conversation's."""
+        messages_size = len(json.dumps(messages)) + (earlier.messages_size if earlier else 0)
+        size = len(json.dumps(response)) + messages_size
         if size > self.max_bytes or self.max_entries == 0:
             return False
         self.delete(response["id"])
-        self._entries[response["id"]] = StoredResponse(response, messages, size)
+        conversation = [*earlier.messages, *messages] if earlier else messages
+        self._entries[response["id"]] = StoredResponse(response, conversation, messages_size, size)
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             _, dropped = self._entries.popitem(last=False)

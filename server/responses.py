@@ -51,7 +51,8 @@ _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_for
 class PreparedResponse:
     chat: chat.Prepared
     request: ResponsesRequest
-    conversation: list[dict]  # chat messages to store: the previous conversation and this input
+    previous: StoredResponse | None  # the response this one continues
+    new_messages: list[dict]  # this request's input as chat messages, stored after the previous conversation
 
 
 def previous_conversation(state: ServerState, request: ResponsesRequest) -> StoredResponse | None:
@@ -70,7 +71,8 @@ def response_not_found(response_id: str, param: str | None = None) -> APIError:
 async def prepare(state: ServerState, request: ResponsesRequest) -> PreparedResponse:
     check_model(state, request)
     previous = previous_conversation(state, request)
-    conversation = [*(previous.messages if previous else []), *input_messages(request)]
+    new_messages = input_messages(request)
+    conversation = [*(previous.messages if previous else []), *new_messages]
     try:
         chat_request = ChatCompletionRequest.model_validate(chat_body(request, conversation))
     except ValidationError as error:
@@ -83,7 +85,7 @@ async def prepare(state: ServerState, request: ResponsesRequest) -> PreparedResp
             head, dot, rest = error.param.partition(".")
             error.param = _PARAMS.get(head, head) + dot + rest if head in _PARAMS else error.param
         raise
-    return PreparedResponse(prepared, request, conversation)
+    return PreparedResponse(prepared, request, previous, new_messages)
 
 
 def input_messages(request: ResponsesRequest) -> list[dict]:
@@ -217,7 +219,7 @@ def _store(state: ServerState, prepared: PreparedResponse, response: ResponseObj
     answer: dict = {"role": "assistant", "content": text or None}
     if calls:
         answer["tool_calls"] = calls
-    state.responses.put(response.model_dump(), [*prepared.conversation, answer])
+    state.responses.put(response.model_dump(), [*prepared.new_messages, answer], prepared.previous)
 
 
 def _output_items(reader: ChoiceReader, status: str) -> list:

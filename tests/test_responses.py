@@ -133,7 +133,8 @@ def test_function_calls_in_every_tool_choice(mono_client):
 
 
 def test_streams_follow_openais_event_sequence_and_the_sdk_helper_assembles_them(mono_server, mono_client):
-    body = {"model": "mono", "input": "Say hi", "max_output_tokens": 5, "stream": True}
+    # greedy: the same answer each run (sampled, a stop token within five tokens would complete it)
+    body = {"model": "mono", "input": "Say hi", "max_output_tokens": 5, "stream": True, "temperature": 0}
     with httpx.stream("POST", f"{mono_server.url}/v1/responses", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
@@ -156,7 +157,7 @@ def test_streams_follow_openais_event_sequence_and_the_sdk_helper_assembles_them
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
     with mono_client.responses.stream(
         model="mono", input="Weather?", tools=TOOLS, tool_choice={"type": "function", "name": "get_weather"},
-        max_output_tokens=200,
+        max_output_tokens=200, temperature=0,
     ) as stream:  # fmt: skip
         kinds = [event.type for event in stream]
         final = stream.get_final_response()
@@ -223,3 +224,14 @@ def test_an_agent_runs_to_its_answer_on_the_responses_and_the_chat_model(mono_se
         result = Runner.run_sync(agent, "What is the weather in Oslo?")
         assert result.final_output == f"sunny in {asked[-1]}"
     assert len(asked) == 2
+
+
+def test_a_follow_up_is_measured_by_what_it_adds():
+    store = ResponseStore(max_entries=10, max_bytes=10**6)
+    first = [{"role": "user", "content": "x" * 1000}, {"role": "assistant", "content": "ok"}]
+    assert store.put({"id": "r1"}, first)
+    earlier = store.get("r1")
+    assert store.put({"id": "r2"}, [{"role": "user", "content": "more"}], earlier)
+    second = store.get("r2")
+    assert second.messages == [*first, {"role": "user", "content": "more"}]
+    assert second.messages_size == earlier.messages_size + len(json.dumps([{"role": "user", "content": "more"}]))
