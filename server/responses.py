@@ -10,6 +10,7 @@ answer is read by chat's `ChoiceReader` and written as output items: a `message`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -81,9 +82,11 @@ async def prepare(state: ServerState, request: ResponsesRequest) -> PreparedResp
     try:
         prepared = await chat.prepare(state, chat_request)
     except APIError as error:
-        if error.param is not None:
-            head, dot, rest = error.param.partition(".")
-            error.param = _PARAMS.get(head, head) + dot + rest if head in _PARAMS else error.param
+        # A whole field renamed ("max_tokens", "response_format.json_schema"); a chat message's index
+        # is not its input item's, so "messages[2]" stays as it is.
+        field = re.match(r"\w+(?=\.|$)", error.param or "")
+        if field and field[0] in _PARAMS:
+            error.param = _PARAMS[field[0]] + error.param[field.end() :]
         raise
     return PreparedResponse(prepared, request, previous, new_messages)
 
