@@ -15,9 +15,9 @@ continuous batching and its prefix and image caches, exactly as the server's eng
 
 from __future__ import annotations
 
-import base64
 import io
 import itertools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from monovl.engine.settings import configured
 from monovl.model.fast_path import DEFAULT as FAST_PATH_DEFAULT
 from monovl.outputs import CompletionOutput, Logprob, RequestOutput
 from monovl.preprocessing.chat_template import ChatMessage, ImagePart, TextPart
+from monovl.server.errors import APIError
+from monovl.server.image_urls import decode_data_url
 
 Message = dict[str, Any]
 ImageSource = Image.Image | bytes | str | Path  # a PIL image, encoded bytes, a path or a data: URL
@@ -203,7 +205,10 @@ def image_bytes(source: ImageSource) -> bytes:
         return source
     text = str(source)
     if text.startswith("data:"):
-        return base64.b64decode(text.partition(",")[2], validate=True)
+        try:  # the server's reading of a data: URL (an image type, base64), without its size limit
+            return decode_data_url(text, sys.maxsize, "image_url")
+        except APIError as error:
+            raise ValueError(error.message) from None
     if text.startswith(("http://", "https://")):
         raise ValueError("LLM does not fetch image URLs: pass the image's bytes, a path or a PIL image")
     return Path(text.removeprefix("file://")).read_bytes()
