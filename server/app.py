@@ -53,7 +53,7 @@ def create_app(state: ServerState) -> FastAPI:
         yield
         if stats is not None:
             stats.cancel()
-        state.drain.draining = True
+        state.drain.refusing.set()  # the server has stopped: nothing more is taken
         state.engine.shutdown()
         state.pool.shutdown()
         state.image_pool.shutdown()

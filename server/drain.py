@@ -23,8 +23,7 @@ class Drain:
     def __init__(self, graceful_timeout: float = GRACEFUL_TIMEOUT_S) -> None:
         self.graceful_timeout = graceful_timeout
         self.unready = False  # /health answers 503
-        self.draining = False  # new work is refused
-        self.refusing = asyncio.Event()  # set with `draining`
+        self.refusing = asyncio.Event()  # new work is refused
         self.deadline = asyncio.Event()  # open responses must end
         self._refuse_later: asyncio.TimerHandle | None = None
 
@@ -42,8 +41,12 @@ class Drain:
             self._refuse_later.cancel()
         self._refuse()
 
+    @property
+    def draining(self) -> bool:
+        """Whether new work is refused."""
+        return self.refusing.is_set()
+
     def _refuse(self) -> None:
-        self.draining = True
         self.refusing.set()
         margin = min(1.0, self.graceful_timeout / 10)
         asyncio.get_running_loop().call_later(max(0.0, self.graceful_timeout - margin), self.deadline.set)
