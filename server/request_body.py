@@ -32,16 +32,15 @@ DEFAULT_MAX_VALUES = 131_072
 
 
 def check_content_type(content_type: str | None) -> None:
-    """A body sent as anything but JSON is a 415: a web page may post text/plain or a form to any
-    address without asking first (no CORS preflight), and must not make this server generate.
-    No Content-Type at all is read as JSON, as FastAPI reads it."""
-    if content_type is None:
-        return
-    media = content_type.split(";", 1)[0].strip().lower()
+    """A body sent as anything but JSON is a 415: a web page may post text/plain, a form or a body
+    with no type at all (a Blob without one) to any address without asking first (no CORS
+    preflight), and must not make this server generate."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        sent = f"not {media}" if media else "with no Content-Type"
         raise APIError(
             415,
-            f"the body must be sent as Content-Type: application/json, not {media or 'an empty type'}",
+            f"the body must be sent as Content-Type: application/json, {sent}",
             code="unsupported_media_type",
         )
 

@@ -33,7 +33,7 @@ from monovl.preprocessing.tiny_checkpoint import bench_checkpoint, make_tiny_che
 from tests.conftest import png_bytes
 from tests.hostile import data_url, hostile_requests, hundred_mib, image_message
 from tests.load import expected_answers, run_round, stream_events
-from tests.server_helpers import closed_by_server, raw_request
+from tests.server_helpers import JSON, closed_by_server, raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 TRIM_WAIT_S = 6.0  # the server hands freed memory back every 5 s
@@ -61,7 +61,7 @@ def hostile_phase(server: ServerProcess, count: int) -> dict:
             try:
                 url = f"{server.url}/v1/chat/completions"
                 raw = isinstance(body, bytes)
-                response = client.post(url, content=body) if raw else client.post(url, json=body)
+                response = client.post(url, content=body, headers=JSON) if raw else client.post(url, json=body)
             except httpx.TimeoutException:
                 hangs += 1
                 continue
@@ -90,7 +90,7 @@ def bodies_phase(server: ServerProcess) -> dict:
 
 
 def chat_raw(server: ServerProcess, content) -> int:
-    return httpx.post(f"{server.url}/v1/chat/completions", content=content, timeout=120).status_code
+    return httpx.post(f"{server.url}/v1/chat/completions", content=content, headers=JSON, timeout=120).status_code
 
 
 def wait_for(condition, timeout: float) -> float | None:

@@ -16,6 +16,9 @@ from benchmarks.server_process import ServerProcess
 
 T = TypeVar("T")
 
+# What a raw body is sent as: the server takes nothing but JSON.
+JSON = {"Content-Type": "application/json"}
+
 
 def raw_request(server: ServerProcess, body: dict) -> socket.socket:
     """A chat request on a socket of its own, unread: the caller reads, or leaves by closing it."""

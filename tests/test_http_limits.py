@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from benchmarks.server_process import ServerProcess, free_port
-from tests.server_helpers import health_pings_during
+from tests.server_helpers import JSON, health_pings_during
 
 USER = [{"role": "user", "content": "hi"}]
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -135,7 +135,7 @@ def test_a_body_of_millions_of_small_values_is_refused_before_parsing(server):
     message = b'{"role": "user", "content": "a"}'
     messages = b'{"messages": [' + b",".join([message] * (1800 * 1024)) + b"]}"
     for path, body in (("/v1/completions", ids), ("/v1/chat/completions", messages)):
-        send = partial(httpx.post, f"{server.url}{path}", content=body, timeout=60)
+        send = partial(httpx.post, f"{server.url}{path}", content=body, headers=JSON, timeout=60)
         response, pings = health_pings_during(server, send)
         assert response.status_code == 413 and "--max-body-values" in response.json()["error"]["message"]
         assert max(pings) < 0.5, max(pings)

@@ -16,7 +16,7 @@ from benchmarks.server_process import ServerProcess
 from tests.conftest import png_bytes
 from tests.hostile import data_url, hundred_mib, image_message
 from tests.load import stream_events
-from tests.server_helpers import closed_by_server, raw_request
+from tests.server_helpers import JSON, closed_by_server, raw_request
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -55,7 +55,7 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_crosses_it(server):
     idle = server.resident_mib()
     started = time.perf_counter()
     try:
-        response = httpx.post(chat_url(server), content=hundred_mib(), timeout=60)
+        response = httpx.post(chat_url(server), content=hundred_mib(), headers=JSON, timeout=60)
         assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
     except httpx.TransportError:
         pass  # the server closed the connection after its 413, while the client was still sending
@@ -67,7 +67,7 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_crosses_it(server):
 def test_a_50_mb_text_is_refused_before_it_is_tokenized(server):
     body = json.dumps({"messages": [{"role": "user", "content": "word " * 10_000_000}]})
     started = time.perf_counter()
-    response = httpx.post(chat_url(server), content=body, timeout=60)
+    response = httpx.post(chat_url(server), content=body, headers=JSON, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
     assert time.perf_counter() - started < 3
 
@@ -134,7 +134,8 @@ def test_slow_headers_are_cut_off_and_others_are_served_meanwhile(server):
 
 def test_a_body_that_stalls_gets_a_408(server):
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"messages"')
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(head + b'Content-Length: 1000\r\n\r\n{"messages"')
     sock.settimeout(5)
     started = time.perf_counter()
     answer = b""
@@ -153,8 +154,8 @@ def test_memory_stays_flat_after_hostile_bodies_and_many_images(server):
     warm = server.resident_mib()
     huge = json.dumps({"messages": [{"role": "user", "content": "word " * 10_000_000}]})
     for _ in range(2):
-        httpx.post(chat_url(server), content=huge, timeout=60)
-        httpx.post(chat_url(server), content=b"{" + b"x" * (60 * 2**20), timeout=60)
+        httpx.post(chat_url(server), content=huge, headers=JSON, timeout=60)
+        httpx.post(chat_url(server), content=b"{" + b"x" * (60 * 2**20), headers=JSON, timeout=60)
     for url in images:
         assert httpx.post(chat_url(server), json={"messages": image_message(url), "max_tokens": 4}).status_code == 200
     time.sleep(6)

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.server_process import ServerProcess
 from tests.conftest import generate_cli, png_bytes
-from tests.server_helpers import data_url
+from tests.server_helpers import JSON, data_url
 
 KEY = "test-key"
 
@@ -185,7 +185,7 @@ def test_client_disconnect_frees_kv_blocks(server):
 def post(server, body, key=KEY, raw: bytes | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if raw is not None:
-        return httpx.post(f"{server.url}/v1/chat/completions", content=raw, headers=headers)
+        return httpx.post(f"{server.url}/v1/chat/completions", content=raw, headers=headers | JSON)
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)
 
 
@@ -385,10 +385,11 @@ def test_openai_wire_details_nulls_top_p_zero_refusal_fields_and_json_content_ty
     assert len(texts) == 1
     # A body sent as anything but JSON: a web page can post text/plain or a form without a preflight.
     body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'
-    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
-        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type}
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Authorization": f"Bearer {KEY}"} | ({"Content-Type": content_type} if content_type else {})
         response = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers)
         assert_error(response, 415, code="unsupported_media_type")
+        assert "Content-Type: application/json" in response.json()["error"]["message"]
     for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
         headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type}
         assert httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers).status_code == 200
