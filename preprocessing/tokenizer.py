@@ -75,7 +75,7 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = [self.bos_id] if add_special_tokens and self.add_bos else []
-        for chunk, token in self._chunks(text):
+        for chunk, token, _ in self._chunks(text):
             if token is not None:
                 ids.append(token.id)
             elif chunk:
@@ -84,21 +84,43 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
-    def _chunks(self, text: str) -> list[tuple[str, AddedToken | None]]:
+    def offsets(self, text: str) -> list[int]:
+        """Where each token of `encode(text)` begins in `text`, in characters: sentencepiece's own
+        offsets into each chunk (a leading space is a piece's own; every byte piece of a character
+        begins where the character does), `<s>` at 0 and `</s>` at the end."""
+        offsets = [0] if self.add_bos else []
+        for chunk, token, start in self._chunks(text):
+            if token is not None:
+                offsets.append(start)
+            elif chunk:
+                chars = _char_index(chunk)
+                offsets.extend(start + chars[piece.begin] for piece in self.sp.encode(chunk, out_type="proto").pieces)
+        if self.add_eos:
+            offsets.append(len(text))
+        return offsets
+
+    def _chunks(self, text: str) -> list[tuple[str, AddedToken | None, int]]:
+        """(text, None, start) for each run of text between added tokens, (content, token, start) for
+        each added token; `start` is where it begins in `text`."""
         if self._split is None:
-            return [(text, None)]
+            return [(text, None, 0)]
         parts = self._split.split(text)
-        chunks: list[tuple[str, AddedToken | None]] = [
-            (part, self.added[part] if k % 2 else None) for k, part in enumerate(parts)
-        ]
+        chunks: list[tuple[str, AddedToken | None, int]] = []
+        start = 0
+        for k, part in enumerate(parts):
+            chunks.append((part, self.added[part] if k % 2 else None, start))
+            start += len(part)
         # lstrip/rstrip added tokens eat the whitespace beside them, as transformers does.
         for k in range(1, len(chunks), 2):
             token = chunks[k][1]
             assert token is not None
             if token.rstrip:
-                chunks[k + 1] = (chunks[k + 1][0].lstrip(), None)
+                after, _, at = chunks[k + 1]
+                kept = after.lstrip()
+                chunks[k + 1] = (kept, None, at + len(after) - len(kept))
             if token.lstrip:
-                chunks[k - 1] = (chunks[k - 1][0].rstrip(), None)
+                before, _, at = chunks[k - 1]
+                chunks[k - 1] = (before.rstrip(), None, at)
         return chunks
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -136,6 +158,17 @@ class Tokenizer:
         if token:
             return token.content
         return self.sp.id_to_piece(token_id) if 0 <= token_id < self.num_pieces else ""
+
+
+def _char_index(text: str) -> list[int]:
+    """For each byte offset into text's UTF-8 (and its end), the character it falls in."""
+    if text.isascii():
+        return list(range(len(text) + 1))
+    index = []
+    for k, char in enumerate(text):
+        index.extend([k] * len(char.encode("utf-8")))
+    index.append(len(text))
+    return index
 
 
 def _read_json(path: Path) -> dict:

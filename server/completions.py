@@ -1,10 +1,13 @@
 """`/v1/completions`: text prompts (no chat template), as OpenAI's legacy API and vLLM serve them.
 
-A prompt is a string, a list of strings (one engine request each; choice `index` is
-prompt x n + i) or a list of token ids. `echo` puts the prompt's text before the completion;
-`logprobs: k` gives each generated token's logprob and the top k, in the legacy shape; with
-`echo`, the prompt's tokens come first, each with its logprob given the ones before (None for the
-first), as vLLM gives them.
+A prompt is a string, a list of token ids, or a list of either (one engine request each; choice
+`index` is prompt x n + i); an empty one is the start of a document (`<s>`). `echo` puts the
+prompt's text before the completion; `logprobs: k` gives each generated token's logprob and the top
+k, in the legacy shape, with `text_offset` where each token's text begins in the choice's text;
+with `echo`, the prompt's tokens come first, each with its logprob given the ones before (None for
+the first), as vLLM gives them. `max_tokens: 0` returns no generated text (with `echo`, the prompt
+and its logprobs): the engine runs one step for the prompt's logprobs and its token is dropped, as
+vLLM does.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, StrictInt, field_validator
 from starlette.responses import Response
 
+from monovl.engine.detokenizer import IncrementalDetokenizer
 from monovl.engine.inputs import PromptInputs
-from monovl.engine.outputs import TokenLogprob
+from monovl.engine.outputs import RequestOutput, TokenLogprob
 from monovl.engine.sampling_params import SamplingParams, SamplingParamsError
 from monovl.preprocessing.tokenizer import Tokenizer
 from monovl.server.echo_json import echo_response
@@ -37,7 +41,8 @@ MAX_PROMPTS = 64
 class CompletionRequest(SamplingRequest):
     # Token ids before strings: a long list of ids must not be tried (and fail item by item) as strings.
     # No prompt (or null) is OpenAI's default: the start of a document, here the tokenizer's <s>.
-    prompt: str | list[StrictInt] | list[str] = Field(default="", union_mode="left_to_right")
+    prompt: str | list[StrictInt] | list[list[StrictInt]] | list[str] = Field(default="", union_mode="left_to_right")
+    max_tokens: int | None = Field(default=None, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
@@ -53,17 +58,28 @@ class CompletionRequest(SamplingRequest):
     def _token_ids_are_integers(cls, prompt: object) -> object:
         """`[true]` or `[1.0]` is not token id 1: say so, rather than which union member failed. Too
         many prompts are refused before any is validated."""
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) > MAX_PROMPTS:
-                raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
-        elif isinstance(prompt, list):
-            for k, item in enumerate(prompt):
-                if isinstance(item, bool) or not isinstance(item, int):
-                    raise ValueError(
-                        "must be a string, a list of strings or a list of token ids (integers); "
-                        f"item {k} is {type(item).__name__}"
-                    )
+        if not isinstance(prompt, list) or not prompt:
+            return prompt
+        if not all(isinstance(p, str | list) for p in prompt):
+            _check_token_ids(prompt)
+            return prompt
+        if len(prompt) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
+        if len({type(p) for p in prompt}) > 1:
+            raise ValueError("a list of prompts holds strings or lists of token ids, not both")
+        for k, item in enumerate(prompt):
+            if isinstance(item, list):
+                _check_token_ids(item, f"item {k}[", "]")
         return prompt
+
+
+def _check_token_ids(ids: list, before: str = "item ", after: str = "") -> None:
+    for k, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise ValueError(
+                "must be a string, a list of token ids (integers) or a list of either; "
+                f"{before}{k}{after} is {type(token).__name__}"
+            )
 
 
 class CompletionLogprobs(BaseModel):
@@ -93,17 +109,15 @@ class Completion(BaseModel):
 class PreparedCompletion:
     prompts: list[PromptInputs]
     params: SamplingParams
+    generates: bool = True  # max_tokens 0: the engine's one token is dropped
+    prompt_offsets: list[list[int]] | None = None  # each prompt token's text_offset, for echo with logprobs
 
 
-def _prompts(request: CompletionRequest) -> list[str] | list[list[int]]:
+def _prompts(request: CompletionRequest) -> list[str | list[int]]:
     prompt = request.prompt
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise bad_request("prompt must not be empty", "prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]  # type: ignore[arg-type]
-    return list(prompt)  # type: ignore[arg-type]
+    if isinstance(prompt, str) or all(isinstance(p, int) for p in prompt):
+        return [prompt]  # one string, or one list of token ids ([] included)
+    return list(prompt)
 
 
 def check_token_ids(tokenizer: Tokenizer, ids: list[int], param: str) -> None:
@@ -118,12 +132,36 @@ def tokenize_prompt(tokenizer: Tokenizer, prompt: str | list[int], img_context_i
         ids, text = tokenizer.encode(prompt), prompt
     else:
         check_token_ids(tokenizer, prompt, "prompt")
-        ids, text = list(prompt), tokenizer.decode(prompt)  # what `echo` shows: text, not <s>
+        # No ids: the start of a document, as an empty string is. `echo` shows text, not <s>.
+        ids, text = list(prompt) or [tokenizer.bos_id], tokenizer.decode(prompt)
     if img_context_id in ids:
         raise bad_request("a text prompt cannot hold image tokens; send images to /v1/chat/completions", "prompt")
     if not ids:
         raise bad_request("the prompt has no tokens", "prompt")
     return PromptInputs(text, ids, [], [])
+
+
+def prompt_offsets(tokenizer: Tokenizer, prompt: str | list[int], inputs: PromptInputs) -> list[int]:
+    """Runs in the worker pool: where each of the prompt's tokens begins in its echoed text."""
+    if isinstance(prompt, str):
+        return tokenizer.offsets(prompt)
+    return TextOffsets(tokenizer, 0, skip_special_tokens=True).take(inputs.token_ids)
+
+
+class TextOffsets:
+    """Where each token's text begins in the text decoded from the tokens before it, decoded as the
+    engine decodes them (a character split over byte pieces begins where its first byte does)."""
+
+    def __init__(self, tokenizer: Tokenizer, start: int, skip_special_tokens: bool) -> None:
+        self._text = IncrementalDetokenizer(tokenizer, (), skip_special_tokens)
+        self._start = start
+
+    def take(self, token_ids: list[int]) -> list[int]:
+        offsets = []
+        for token_id in token_ids:
+            offsets.append(self._start + len(self._text.text))
+            self._text.append(token_id)
+        return offsets
 
 
 async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCompletion:
@@ -134,7 +172,7 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
         raise bad_request("best_of other than n is not supported", "best_of")
     constraint = requested_constraint(request, ToolMode("none"))
     # Without max_tokens a text completion takes SamplingParams' default, OpenAI's (a chat takes the context's rest).
-    max_tokens = SamplingParams.max_tokens if request.max_tokens is None else request.max_tokens
+    max_tokens = SamplingParams.max_tokens if request.max_tokens is None else max(request.max_tokens, 1)
     try:
         params = request.sampling_params(max_tokens, request.logprobs, constraint and constraint.output)
     except SamplingParamsError as e:
@@ -156,9 +194,11 @@ async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCom
     prompts = [await state.pool.run(tokenize_prompt, tokenizer, t, img_context) for t in texts]
     for prompt in prompts:
         check(limits, prompt.num_tokens, params, "prompt")
+    offsets = None
     if params.prompt_logprobs is not None:
         _check_echo_size(state, sum(p.num_tokens for p in prompts), params)
-    return PreparedCompletion(prompts, params)
+        offsets = [await state.pool.run(prompt_offsets, tokenizer, t, p) for t, p in zip(texts, prompts, strict=True)]
+    return PreparedCompletion(prompts, params, request.max_tokens != 0, offsets)
 
 
 def _check_echo_size(state: ServerState, num_prompt_tokens: int, params: SamplingParams) -> None:
@@ -179,26 +219,15 @@ def completion_id() -> str:
 
 
 def legacy_logprobs(
-    tokenizer: Tokenizer, entries: list[tuple[int, TokenLogprob | None]], offset: int
+    tokenizer: Tokenizer, entries: list[tuple[int, TokenLogprob | None]], offsets: list[int]
 ) -> CompletionLogprobs:
-    """`entries`: (token id, its logprob or None); `offset`: where the first token's text starts."""
-    tokens, values, tops, offsets = [], [], [], []
+    """`entries`: (token id, its logprob or None); `offsets`: where each token's text begins."""
+    tokens, values, tops = [], [], []
     for token_id, lp in entries:
-        text = token_text(tokenizer, token_id)[0]
-        tokens.append(text)
+        tokens.append(token_text(tokenizer, token_id)[0])
         values.append(None if lp is None else lp.logprob)
         tops.append(None if lp is None else {token_text(tokenizer, i)[0]: v for i, v in lp.top_logprobs})
-        offsets.append(offset)
-        offset += 0 if token_id in tokenizer.special_ids else len(text)  # <s> is not in the echoed text
     return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
-
-
-def generated(logprobs: list[TokenLogprob]) -> list[tuple[int, TokenLogprob | None]]:
-    return [(lp.token_id, lp) for lp in logprobs]
-
-
-def prompt_entries(prompt: PromptInputs, logprobs: list[TokenLogprob | None]) -> list[tuple[int, TokenLogprob | None]]:
-    return list(zip(prompt.token_ids, logprobs, strict=True))
 
 
 async def _one_prompt(
@@ -248,9 +277,9 @@ async def _merged(
             task.cancel()
 
 
-def _usage(tallies: list[Tally]) -> Usage:
+def _usage(tallies: list[Tally], generates: bool) -> Usage:
     prompt = sum(t.prompt_tokens for t in tallies)
-    completion = sum(sum(t.completion_tokens.values()) for t in tallies)
+    completion = sum(sum(t.completion_tokens.values()) for t in tallies) if generates else 0
     cached = PromptTokensDetails(cached_tokens=sum(t.cached_tokens for t in tallies))
     return Usage(
         prompt_tokens=prompt,
@@ -260,10 +289,25 @@ def _usage(tallies: list[Tally]) -> Usage:
     )
 
 
+def _finish_reason(prepared: PreparedCompletion, output: RequestOutput) -> str | None:
+    if not output.finished:
+        return None
+    return output.finish_reason if prepared.generates else "length"
+
+
+def _echo_logprobs(
+    tokenizer: Tokenizer, prepared: PreparedCompletion, k: int, logprobs: list[TokenLogprob | None]
+) -> CompletionLogprobs:
+    prompt = prepared.prompts[k]
+    assert prepared.prompt_offsets is not None
+    entries = list(zip(prompt.token_ids, logprobs, strict=True))
+    return legacy_logprobs(tokenizer, entries, prepared.prompt_offsets[k])
+
+
 async def complete(
     state: ServerState, request_id: str, prepared: PreparedCompletion, echo: bool
 ) -> Completion | Response:
-    n = prepared.params.n
+    params, n = prepared.params, prepared.params.n
     tokenizer = state.preprocessor.tokenizer
     count = len(prepared.prompts) * n
     texts = {i: prepared.prompts[i // n].prompt if echo else "" for i in range(count)}
@@ -277,42 +321,44 @@ async def complete(
             continue
         if item.prompt_logprobs is not None:
             prompt_logprobs[index // n] = item.prompt_logprobs
-        texts[index] += item.new_text
-        logprobs[index] += item.new_logprobs
+        if prepared.generates:
+            texts[index] += item.new_text
+            logprobs[index] += item.new_logprobs
         if item.finished:
             if item.finish_reason == "error":
                 raise APIError(500, item.error or "internal error", type="server_error")
-            reasons[index] = item.finish_reason
+            reasons[index] = _finish_reason(prepared, item)
     own: dict[int, CompletionLogprobs] = {}
-    if prepared.params.logprobs is not None:
+    if params.logprobs is not None:
         for i in range(count):
-            offset = len(prepared.prompts[i // n].prompt) if echo else 0
-            own[i] = legacy_logprobs(tokenizer, generated(logprobs[i]), offset)
-    echoes = echo and prepared.params.logprobs is not None
+            start = len(prepared.prompts[i // n].prompt) if echo else 0
+            ids = [lp.token_id for lp in logprobs[i]]
+            offsets = TextOffsets(tokenizer, start, params.skip_special_tokens).take(ids)
+            own[i] = legacy_logprobs(tokenizer, [(lp.token_id, lp) for lp in logprobs[i]], offsets)
+    echoes = echo and params.logprobs is not None
     choices = [
         CompletionChoice(index=i, text=texts[i], logprobs=None if echoes else own.get(i), finish_reason=reasons.get(i))
         for i in range(count)
     ]
-    completion = Completion(
-        id=request_id, model=state.settings.served_model_name, choices=choices, usage=_usage(tallies)
-    )
+    usage = _usage(tallies, prepared.generates)
+    completion = Completion(id=request_id, model=state.settings.served_model_name, choices=choices, usage=usage)
     if not echoes:
         return completion
-    prompts = {  # made once for all of a prompt's choices
-        k: legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_logprobs[k]), 0)
-        for k, prompt in enumerate(prepared.prompts)
-    }
+    # made once for all of a prompt's choices
+    prompts = {k: _echo_logprobs(tokenizer, prepared, k, prompt_logprobs[k]) for k in range(len(prepared.prompts))}
     return echo_response(completion, prompts, own, n)
 
 
 async def stream(
     state: ServerState, request_id: str, prepared: PreparedCompletion, request: CompletionRequest
 ) -> AsyncIterator[str]:
-    n = prepared.params.n
+    params, n = prepared.params, prepared.params.n
     tokenizer = state.preprocessor.tokenizer
     created = int(time.time())
     model = state.settings.served_model_name
-    offsets = {i: 0 for i in range(len(prepared.prompts) * n)}
+    count = len(prepared.prompts) * n
+    start = {i: len(prepared.prompts[i // n].prompt) if request.echo else 0 for i in range(count)}
+    offsets = {i: TextOffsets(tokenizer, start[i], params.skip_special_tokens) for i in range(count)}
     tallies: list[Tally] = []
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
@@ -322,30 +368,30 @@ async def stream(
 
     def echoed(k: int, prompt_lps: list[TokenLogprob | None] | None) -> list[str]:
         """The echo of prompt k for each of its choices (with its logprobs when asked for)."""
-        prompt = prepared.prompts[k]
-        lp = None if prompt_lps is None else legacy_logprobs(tokenizer, prompt_entries(prompt, prompt_lps), 0)
-        for i in range(k * n, (k + 1) * n):
-            offsets[i] = len(prompt.prompt)
-        return [chunk([CompletionChoice(index=i, text=prompt.prompt, logprobs=lp)]) for i in range(k * n, (k + 1) * n)]
+        text = prepared.prompts[k].prompt
+        lp = None if prompt_lps is None else _echo_logprobs(tokenizer, prepared, k, prompt_lps)
+        return [chunk([CompletionChoice(index=i, text=text, logprobs=lp)]) for i in range(k * n, (k + 1) * n)]
 
     # With prompt logprobs, a prompt's echo waits for them (they come with completion 0's first output),
     # and so do its choices' outputs.
-    waits_for_logprobs = request.echo and prepared.params.prompt_logprobs is not None
+    waits_for_logprobs = request.echo and params.prompt_logprobs is not None
     held: dict[int, list] = {k: [] for k in range(len(prepared.prompts))} if waits_for_logprobs else {}
     if request.echo and not waits_for_logprobs:
         for k in range(len(prepared.prompts)):
             for event in echoed(k, None):
                 yield event
 
-    def events(index: int, item) -> list[str]:
-        if item.new_text or item.new_logprobs or item.finished:
-            lp = None
-            if prepared.params.logprobs is not None:
-                lp = legacy_logprobs(tokenizer, generated(item.new_logprobs), offsets[index])
-            offsets[index] += len(item.new_text)
-            reason = item.finish_reason if item.finished else None
-            return [chunk([CompletionChoice(index=index, text=item.new_text, logprobs=lp, finish_reason=reason)])]
-        return []
+    def events(index: int, item: RequestOutput) -> list[str]:
+        new_logprobs = item.new_logprobs if prepared.generates else []
+        text = item.new_text if prepared.generates else ""
+        if not (text or new_logprobs or item.finished):
+            return []
+        lp = None
+        if params.logprobs is not None:
+            ids = [entry.token_id for entry in new_logprobs]
+            lp = legacy_logprobs(tokenizer, [(e.token_id, e) for e in new_logprobs], offsets[index].take(ids))
+        choice = CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=_finish_reason(prepared, item))
+        return [chunk([choice])]
 
     try:
         async for index, item in _merged(state, request_id, prepared):
@@ -368,5 +414,5 @@ async def stream(
     except APIError as e:
         yield error_event(e)
     if request.include_usage:
-        yield chunk([], _usage(tallies))
+        yield chunk([], _usage(tallies, prepared.generates))
     yield "data: [DONE]\n\n"

@@ -1,11 +1,13 @@
 """Token ids against sentencepiece itself, with special and added tokens in the text."""
 
 import json
+import random
 
 import pytest
 import sentencepiece as spm
 
 from monovl.preprocessing.tokenizer import Tokenizer, TokenizerError
+from monovl.server.completions import TextOffsets
 
 
 @pytest.fixture(scope="module", params=[1, 0], ids=["dummy-prefix", "no-dummy-prefix"])
@@ -70,6 +72,46 @@ def test_rstrip_and_lstrip_tokens_eat_whitespace(tmp_path, tiny_dir):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     tok, sp = Tokenizer(tmp_path), sp_of(tiny_dir)
     assert tok.encode("a  <img>  b", False) == [*sp.encode("a"), int(img_id), *sp.encode("b")]
+    # The eaten whitespace belongs to no token: <img> begins at 3, the "b" after it at 10.
+    assert tok.offsets("a  <img>  b") == [0, *[0] * len(sp.encode("a")), 3, *[10] * len(sp.encode("b"))]
+
+
+OFFSET_TEXTS = [
+    "",
+    "Hello world",
+    " Hello",
+    "a  b ",
+    "héllo 日本 🙂a",
+    "\n\nfoo\tbar",
+    "x<|im_start|>y<|im_end|>\n z",
+    "<s>x</s> y",
+    "  \t x\n y",
+]
+
+
+def prefix_lengths(tok: Tokenizer, ids: list[int], skip_special_tokens: bool) -> list[int]:
+    """How much text the tokens before each one decode to, a character still unfinished left out."""
+    return [len(tok.decode(ids[:k], skip_special_tokens).rstrip("\ufffd")) for k in range(len(ids))]
+
+
+def test_offsets_are_where_each_token_begins_in_the_text(checkpoint):
+    tok = Tokenizer(checkpoint)
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "  ", "\n", "\t", "é", "日", "🙂", "<|im_end|>", "<img>", "ell", "o w"]
+    texts = OFFSET_TEXTS + ["".join(rng.choices(alphabet, k=rng.randrange(1, 30))) for _ in range(50)]
+    for text in texts:
+        ids = tok.encode(text)
+        assert tok.decode(ids[1:], skip_special_tokens=False) == text  # so its prefixes say where tokens begin
+        assert tok.offsets(text) == [0, *[n for n in prefix_lengths(tok, ids[1:], False)]], text
+
+
+def test_text_offsets_of_any_ids_are_where_the_decoded_text_has_them(checkpoint):
+    tok = Tokenizer(checkpoint)
+    rng = random.Random(1)
+    for _ in range(200):  # byte pieces, specials and unknown ids among them
+        ids = [rng.randrange(tok.vocab_size + 2) for _ in range(rng.randrange(1, 30))]
+        for skip in (True, False):
+            assert TextOffsets(tok, 7, skip).take(ids) == [7 + n for n in prefix_lengths(tok, ids, skip)], ids
 
 
 def test_decode_skips_special_tokens_and_joins_bytes(tiny_dir):
