@@ -183,7 +183,7 @@ def response_shell(state: ServerState, response_id: str, request: ResponsesReque
         tools=request.tools or [],
         user=request.user,
         metadata=request.metadata or {},
-        **({"text": request.text} if request.text else {}),
+        **({"text": request.text.model_dump(by_alias=True, exclude_none=True)} if request.text else {}),
     )
 
 

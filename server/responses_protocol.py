@@ -8,7 +8,16 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    Tag,
+    model_serializer,
+)
 
 from monovl.server.protocol import JSONSchemaFormat
 
@@ -174,6 +183,7 @@ OutputItem = Annotated[OutputMessage | FunctionCallOut, Field(discriminator="typ
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # the document requires it; the prefix cache has no priced writes
 
 
 class OutputTokensDetails(BaseModel):
@@ -218,7 +228,7 @@ class ResponseObject(BaseModel):
     reasoning: Reasoning = Field(default_factory=Reasoning)
     store: bool = True
     temperature: float | None = None
-    text: TextConfig = Field(default_factory=TextConfig)
+    text: dict[str, Any] = Field(default_factory=lambda: TextConfig().model_dump())  # as sent, by wire names
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice = "auto"
     tools: list[FunctionTool] = Field(default_factory=list)
     top_p: float | None = None
@@ -228,6 +238,16 @@ class ResponseObject(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     background: bool = False
     service_tier: Literal["default"] = "default"
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """OpenAI's document has `user` and `usage` as a string and an object, never null: each is left
+        out while it has no value (a request without `user`, a response still running)."""
+        data = handler(self)
+        for name in ("user", "usage"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class ResponseDeleted(BaseModel):
