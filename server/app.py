@@ -25,7 +25,6 @@ from monovl.server.errors import APIError, bad_request
 from monovl.server.guard import Guard
 from monovl.server.logs import request_cut, request_failed
 from monovl.server.protocol import (
-    MESSAGE_ROLES,
     ChatCompletion,
     ChatCompletionRequest,
     ModelCard,
@@ -38,6 +37,7 @@ from monovl.server.state import ServerState
 from monovl.server.stats_log import log_stats_every
 from monovl.server.streaming import ClientGone, EventStream, race, shutting_down
 from monovl.server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from monovl.server.validation_errors import validation_error
 from monovl.server.version import version
 
 VERSION = version()
@@ -241,61 +241,7 @@ async def _parse_body(request: Request, model: type[T], state: ServerState) -> T
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise _validation_error(e.errors()) from None
-
-
-def _validation_error(errors: list) -> APIError:
-    """The first bad field, named as deep as its errors go: where a union's members all fail (content
-    as a string, or as a list of parts), the member that got furthest says what is wrong."""
-    paths = [[str(p) for p in _wire_path(e.get("loc", ()))] for e in errors]
-    deepest = max((k for k in range(len(errors)) if paths[k][: len(paths[0])] == paths[0]), key=lambda k: len(paths[k]))
-    first, loc = errors[deepest], paths[deepest]
-    if first.get("type") == "union_tag_invalid":  # the tag itself is wrong: name it
-        loc.append(str(first["ctx"]["discriminator"]).strip("'"))
-    param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
-    message = _content_error(first, loc) or first.get("msg", "invalid value")
-    return APIError(400, f"{param or 'body'}: {message}", param=param)
-
-
-_PARTS_BY_ROLE = {"user": "'text' and 'image_url'", "assistant": "'text' and 'refusal'"}
-
-
-def _content_error(error: dict, loc: list[str]) -> str | None:
-    """A message's content said in the API's terms: a part type this model or this role does not take,
-    or content that is neither a string nor a list of parts."""
-    if "messages" not in loc or "content" not in loc:
-        return None
-    raw = [str(p) for p in error.get("loc", ())]
-    role = next((p for p in raw if p in MESSAGE_ROLES), None)
-    if loc[-1] == "content" and error.get("type") in ("string_type", "list_type"):
-        return "content must be a string or a list of content parts"
-    if loc[-1] != "type" or role is None:
-        return None
-    tag = error["ctx"]["tag"] if error.get("type") == "union_tag_invalid" else error.get("input")
-    allowed = _PARTS_BY_ROLE.get(role, "'text'")
-    where = "by this model" if role == "user" else f"in {'an' if role[0] in 'aeiou' else 'a'} {role} message"
-    return f"content part type {tag!r} is not supported {where}; it takes {allowed} parts"
-
-
-def _wire_path(loc: tuple) -> list:
-    """The error's place in the body as the client wrote it: pydantic also names the union member
-    it tried (a role's or content part's tag, `str` or `list[...]`), which the body does not have."""
-    path, after_member = [], False
-    for k, part in enumerate(loc):
-        if part == "body" and k == 0:
-            continue
-        # A member's name is followed by a field or an index, never by another member's name.
-        member = not after_member and isinstance(part, str)
-        member = member and (part in _UNION_TAGS or "[" in part or part in ("str", "dict", "list"))
-        after_member = member
-        if not member:
-            path.append(part)
-    return path
-
-
-_UNION_TAGS = frozenset(
-    ["system", "developer", "user", "assistant", "tool", "text", "image_url", "refusal", "json_object", "json_schema"]
-)
+        raise validation_error(e.errors()) from None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -309,7 +255,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
-        refusal = _validation_error(list(error.errors()))
+        refusal = validation_error(list(error.errors()))
         request_failed(refusal.code, refusal.message)
         return refusal.response()
 

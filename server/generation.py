@@ -28,7 +28,8 @@ _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 # OpenAI fields this server cannot honour: a 400 naming them, not an answer that ignores them.
-UNSUPPORTED: dict[str, tuple[Callable[[object], bool], str]] = {
+Unsupported = dict[str, tuple[Callable[[object], bool], str]]
+UNSUPPORTED: Unsupported = {
     "audio": (lambda v: v is not None, "audio output is not supported by this model"),
     "modalities": (lambda v: v not in (None, ["text"]), 'this model answers in text only: modalities must be ["text"]'),
     "functions": (lambda v: v is not None, "functions is deprecated and not supported; send tools"),
@@ -37,14 +38,14 @@ UNSUPPORTED: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def check_model(state: ServerState, request: BaseModel) -> None:
+def check_model(state: ServerState, request: BaseModel, unsupported: Unsupported = UNSUPPORTED) -> None:
     """The model must be the one served; fields it cannot honour are refused, and fields the server
     does not know are named in the log (as vLLM does: clients send extras)."""
     model = getattr(request, "model", None)
     if model is not None and model != state.settings.served_model_name:
         raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
     extra = request.model_extra or {}
-    for name, (refused, why) in UNSUPPORTED.items():
+    for name, (refused, why) in unsupported.items():
         if name in extra and refused(extra[name]):
             raise bad_request(why, name, "unsupported_parameter")
     if extra:

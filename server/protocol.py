@@ -156,11 +156,23 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class SamplingRequest(BaseModel):
-    """The fields the chat and text completion requests share: how tokens are chosen and constrained."""
+class OpenAIRequest(BaseModel):
+    """A request body as OpenAI's API reads one: unknown fields are kept to be named in the log (as
+    vLLM does), not honoured; a field sent as null takes its default, as OpenAI's nullable parameters
+    mean."""
 
-    # Unknown fields are kept to be named in the log (as vLLM does), not honoured.
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
+
+class SamplingRequest(OpenAIRequest):
+    """The fields the chat and text completion requests share: how tokens are chosen and constrained."""
 
     model: str | None = None
     frequency_penalty: float | None = None
@@ -189,14 +201,6 @@ class SamplingRequest(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_the_default(cls, data: object) -> object:
-        """A field sent as null takes its default, as OpenAI's nullable parameters mean."""
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
-        return data
-
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -221,7 +225,8 @@ class SamplingRequest(BaseModel):
     def sampling_params(
         self, max_tokens: int | None, logprobs: int | None, structured_output: StructuredOutput | None
     ) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        # An empty stop string (the document allows one) would stop before any text: it is left out.
+        stop = [one for one in ([self.stop] if isinstance(self.stop, str) else self.stop or []) if one]
         bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
         # A knob the request leaves out (or sends as null) takes SamplingParams' default, its one home.
         knobs = {name: getattr(self, name) for name in _KNOBS}

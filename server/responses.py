@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from monovl.server import chat
 from monovl.server.errors import APIError, bad_request
-from monovl.server.generation import Tally, check_model, outputs
+from monovl.server.generation import Tally, Unsupported, check_model, outputs
 from monovl.server.logs import request_failed
 from monovl.server.protocol import ChatCompletionRequest, DeltaMessage
 from monovl.server.response_store import StoredResponse
@@ -47,6 +47,23 @@ from monovl.server.tools import ChoiceReader
 # A chat field's name in a refusal, as the Responses request names it.
 _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 
+# Responses fields this server cannot honour. Others it does not use (`reasoning`, `include` of
+# outputs it never makes, `safety_identifier`, `prompt_cache_key`, `service_tier`) change nothing.
+UNSUPPORTED: Unsupported = {
+    "conversation": (lambda v: v is not None, "conversation objects are not supported; send previous_response_id"),
+    "prompt": (lambda v: v is not None, "stored prompt templates are not supported by this server; send input"),
+    "top_logprobs": (lambda v: v not in (None, 0), "logprobs are not given on /v1/responses; use /v1/chat/completions"),
+    "include": (
+        lambda v: isinstance(v, list) and "message.output_text.logprobs" in v,
+        "logprobs are not given on /v1/responses; use /v1/chat/completions",
+    ),
+    "max_tool_calls": (lambda v: v is not None, "max_tool_calls is not supported; bound calls with max_output_tokens"),
+    "context_management": (lambda v: v is not None, "context management (compaction) is not supported"),
+    "background": (lambda v: v not in (None, False), "background runs are not supported; send background false"),
+    # "auto" would drop turns the client does not see.
+    "truncation": (lambda v: v not in (None, "disabled"), "truncation is not supported; send 'disabled'"),
+}
+
 
 @dataclass(frozen=True)
 class PreparedResponse:
@@ -70,8 +87,10 @@ def response_not_found(response_id: str, param: str | None = None) -> APIError:
 
 
 async def prepare(state: ServerState, request: ResponsesRequest) -> PreparedResponse:
-    check_model(state, request)
+    check_model(state, request, UNSUPPORTED)
     previous = previous_conversation(state, request)
+    if request.input is None and previous is None:
+        raise bad_request("send input, or previous_response_id to continue a stored response", "input")
     new_messages = input_messages(request)
     conversation = [*(previous.messages if previous else []), *new_messages]
     try:
@@ -96,7 +115,7 @@ def input_messages(request: ResponsesRequest) -> list[dict]:
     if isinstance(request.input, str):
         return [{"role": "user", "content": request.input}]
     messages: list[dict] = []
-    for i, item in enumerate(request.input):
+    for i, item in enumerate(request.input or []):
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": _content(item, i)})
         elif isinstance(item, FunctionCallItem):

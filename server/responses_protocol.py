@@ -1,6 +1,6 @@
 """The Responses API's wire format (OpenAI's `POST /v1/responses`), as pydantic models: the request
-with its input items, and the response with its output items. What the model cannot do (other
-tool types, files, background runs) is refused by the models' own types: a 400 naming the field."""
+with its input items, and the response with its output items. Tool, item and part types the model
+cannot take are refused by the models' own types: a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
-from monovl.server.protocol import JSONSchemaFormat
+from monovl.server.protocol import JSONSchemaFormat, OpenAIRequest
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
@@ -122,12 +122,9 @@ class TextConfig(BaseModel):
     format: TextFormat = Field(default_factory=lambda: TextFormatText(type="text"))
 
 
-class ResponsesRequest(BaseModel):
-    # Unknown fields are kept to be named in the log (as chat's), not honoured.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class ResponsesRequest(OpenAIRequest):
     model: str | None = None
-    input: str | list[InputItem]
+    input: str | list[InputItem] | None = None  # none: only a previous response's conversation
     instructions: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -141,8 +138,6 @@ class ResponsesRequest(BaseModel):
     stream: StrictBool = False
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     user: str | None = None
-    truncation: Literal["disabled"] | None = None  # "auto" would drop turns silently; not done here
-    background: Literal[False] | None = None  # no background runs
 
 
 # ------------------------------------------------------------------ output

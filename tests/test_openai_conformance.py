@@ -221,3 +221,70 @@ def test_errors_conform(server):
     assert [r.status_code for r in refused] == [400, 404, 400, 400, 404, 404, 415]
     for response in refused:
         assert_conforms("ErrorResponse", response.json())
+
+
+# What a refusal of a request OpenAI's document allows must not read like: pydantic's own words for
+# which union member or tag it tried, rather than what the request asked for that is not served.
+PYDANTIC_WORDS = ("Input tag", "Value error", "()", "Field required", "Input should be '", "ToolChoice")
+ROUTES_RUN = ("POST /chat/completions", "POST /completions", "POST /responses")
+
+
+def test_requests_the_document_allows_are_served_or_refused_naming_the_field(tiny_dir):
+    """Schemathesis makes requests from the document's request schemas (its positive cases: all valid
+    by the document), with the model set to the served one (another would only be a 404)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    document = json.loads(DOCUMENT.read_text())
+    fields = {  # the top-level fields of each request schema
+        "POST /chat/completions": _properties({"$ref": "CreateChatCompletionRequest"}),
+        "POST /completions": _properties({"$ref": "CreateCompletionRequest"}),
+        "POST /responses": _properties({"$ref": "CreateResponse"}),
+    }
+    server = ServerProcess(tiny_dir, "--served-model-name", MODEL, "--max-model-len", "512", "--max-image-tiles", "1")
+    statuses: dict[tuple[str, int], int] = {}
+    try:
+        for result in schemathesis.openapi.from_dict(document).get_all_operations():
+            operation = result.ok()
+
+            @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+            @settings(
+                max_examples=100 if operation.label in fields else 20,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
+            def served_or_refused_naming_the_field(case):
+                if isinstance(case.body, dict) and "model" in case.body:
+                    case.body["model"] = MODEL
+                response = case.call(base_url=f"{server.url}/v1", timeout=60)
+                label = case.operation.label
+                key = (label, response.status_code)
+                statuses[key] = statuses.get(key, 0) + 1
+                assert response.status_code < 500, response.text
+                if response.status_code < 400:
+                    return
+                assert response.status_code in (400, 404), response.text
+                error = response.json()
+                assert_conforms("ErrorResponse", error)
+                error = error["error"]
+                assert not any(word in error["message"] for word in PYDANTIC_WORDS), error
+                if label in fields:
+                    field = error["param"].split(".")[0].split("[")[0]
+                    assert field in fields[label], error  # a field the document has
+                else:
+                    assert error["code"] in ("model_not_found", "response_not_found", "not_found"), error
+
+            served_or_refused_naming_the_field()
+        assert httpx.get(f"{server.url}/health").status_code == 200
+    finally:
+        server.stop()
+    for route in ROUTES_RUN:
+        assert statuses.get((route, 200), 0) > 0 and statuses.get((route, 400), 0) > 0, statuses
+
+
+def _properties(schema: dict) -> set[str]:
+    if "$ref" in schema:
+        schema = COMPONENTS["schemas"][schema["$ref"].split("/")[-1]]
+    return set(schema.get("properties", {})) | {p for part in schema.get("allOf", []) for p in _properties(part)}

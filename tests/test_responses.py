@@ -172,6 +172,11 @@ def test_what_the_model_cannot_do_is_a_400_naming_it(mono_client):
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input"),
         ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input"),
         ({"background": True}, "background"),
+        ({"truncation": "auto"}, "truncation"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"input": None}, "input"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
     ]
     for fields, param in refusals:

@@ -46,7 +46,7 @@ def references(node: object) -> set[str]:
 
 
 def reduce(document: dict) -> dict:
-    paths = {path: {method: document["paths"][path][method] for method in methods} for path, methods in OPERATIONS.items()}
+    paths = {path: {method: document["paths"][path][method] for method in kept} for path, kept in OPERATIONS.items()}
     components: dict[str, dict] = {}
     pending = references(paths)
     while pending:
