@@ -35,7 +35,7 @@ from monovl.server.request_body import check_content_type, parse_json_object
 from monovl.server.responses_protocol import ResponseDeleted, ResponseObject, ResponsesRequest, response_id
 from monovl.server.state import ServerState
 from monovl.server.stats_log import log_stats_every
-from monovl.server.streaming import ClientGone, EventStream, race, shutting_down
+from monovl.server.streaming import ClientGone, Events, EventStream, race, shutting_down
 from monovl.server.tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from monovl.server.validation_errors import validation_error
 from monovl.server.version import version
@@ -176,7 +176,7 @@ async def _generate(
     state: ServerState,
     request: Request,
     preparing: Coroutine[None, None, P],
-    answer: Callable[[P, str], AsyncIterator[str] | Awaitable[BaseModel | Response]],
+    answer: Callable[[P, str], AsyncIterator[str] | Events | Awaitable[BaseModel | Response]],
     request_id: str,
     sequences: int,
 ) -> Response:
@@ -191,13 +191,13 @@ async def _generate(
         # Everything is refused before the response starts, so a stream fails as a plain request does.
         prepared = await race(preparing, request.receive, state.drain)
         result = answer(prepared, request_id)
-        if isinstance(result, AsyncIterator):  # a stream holds its own count until it ends
+        if isinstance(result, AsyncIterator | Events):  # a stream holds its own count until it ends
             state.in_flight += sequences
 
             def ended() -> None:
                 state.in_flight -= sequences
 
-            return EventStream(result, state.drain, ended)
+            return EventStream(result if isinstance(result, Events) else Events(result), state.drain, ended)
         body = await race(result, request.receive, state.drain)
         return body if isinstance(body, Response) else JSONResponse(body.model_dump())
 

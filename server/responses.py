@@ -42,6 +42,7 @@ from monovl.server.responses_protocol import (
     TextFormatJSONSchema,
 )
 from monovl.server.state import ServerState
+from monovl.server.streaming import Events
 from monovl.server.tools import ChoiceReader
 
 # A chat field's name in a refusal, as the Responses request names it.
@@ -357,37 +358,47 @@ class _EventWriter:
         return self.event(kind, item_id=item.id, output_index=index, **fields)
 
 
-async def stream(state: ServerState, response_id: str, prepared: PreparedResponse) -> AsyncIterator[str]:
+def stream(state: ServerState, response_id: str, prepared: PreparedResponse) -> Events:
+    """The response's events; an error, or the drain deadline cutting it short, ends it with the open
+    items closed and `response.failed`."""
     response = response_shell(state, response_id, prepared.request)
     writer = _EventWriter(response)
-    tally, reader, reason = Tally(), chat.reader(state, prepared.chat.tools), None
-    yield writer.lifecycle("response.created")
-    yield writer.lifecycle("response.in_progress")
-    try:
-        async for output in outputs(state, response_id, prepared.chat.prompt, prepared.chat.params):
-            tally.see(output, state)
-            for event in writer.delta(reader.feed(output.new_text) if output.new_text else None):
-                yield event
-            if output.finished:
-                if output.finish_reason == "error":
-                    raise APIError(500, output.error or "internal error", "server_error", code="server_error")
-                rest, reason = reader.finish(output.finish_reason)
-                for event in writer.delta(rest):
-                    yield event
-    except APIError as error:
-        for event in writer.close("incomplete"):
-            yield event
-        request_failed(error.code, error.message)
+    tally = Tally()
+
+    def failed(error: APIError) -> list[str]:
+        events = writer.close("incomplete")
         response.status = "failed"
         response.error = ResponseError(code=error.code or "server_error", message=error.message)
         response.usage = _usage(tally)
-        yield writer.lifecycle("response.failed")
-        return
-    if not response.output:  # an empty answer is still a message
-        for event in writer.text(""):
+        return [*events, writer.lifecycle("response.failed")]
+
+    async def events() -> AsyncIterator[str]:
+        reader, reason = chat.reader(state, prepared.chat.tools), None
+        yield writer.lifecycle("response.created")
+        yield writer.lifecycle("response.in_progress")
+        try:
+            async for output in outputs(state, response_id, prepared.chat.prompt, prepared.chat.params):
+                tally.see(output, state)
+                for event in writer.delta(reader.feed(output.new_text) if output.new_text else None):
+                    yield event
+                if output.finished:
+                    if output.finish_reason == "error":
+                        raise APIError(500, output.error or "internal error", "server_error", code="server_error")
+                    rest, reason = reader.finish(output.finish_reason)
+                    for event in writer.delta(rest):
+                        yield event
+        except APIError as error:
+            request_failed(error.code, error.message)
+            for event in failed(error):
+                yield event
+            return
+        if not response.output:  # an empty answer is still a message
+            for event in writer.text(""):
+                yield event
+        for event in writer.close("incomplete" if reason == "length" else "completed"):
             yield event
-    for event in writer.close("incomplete" if reason == "length" else "completed"):
-        yield event
-    _finish(response, reason, tally)
-    _store(state, prepared, response)
-    yield writer.lifecycle("response.incomplete" if response.status == "incomplete" else "response.completed")
+        _finish(response, reason, tally)
+        _store(state, prepared, response)
+        yield writer.lifecycle("response.incomplete" if response.status == "incomplete" else "response.completed")
+
+    return Events(events(), lambda error: "".join(failed(error)))

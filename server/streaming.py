@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from starlette.responses import Response
@@ -65,19 +66,32 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
+def error_and_done(error: APIError) -> str:
+    """How a chat or text completion stream ends on an error: an error event, then `data: [DONE]`."""
+    return error_event(error) + "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class Events:
+    """A stream's events, and what it sends last when the drain deadline cuts it short."""
+
+    events: AsyncIterator[str]
+    cut: Callable[[APIError], str] = error_and_done
+
+
 class EventStream(Response):
     """A `text/event-stream` response of `events`, ended by `race`: nothing more once the client has
-    gone; at the drain deadline a final error event and `data: [DONE]`, so the stream ends as a
-    stream should."""
+    gone; at the drain deadline the stream's own last events, so it ends as a stream should."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[str], drain: Drain, ended: Callable[[], None]) -> None:
+    def __init__(self, events: Events, drain: Drain, ended: Callable[[], None]) -> None:
         # As Starlette's StreamingResponse: no body attribute, so no Content-Length.
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache"})
-        self.events = events
+        self.events = events.events
+        self.cut = events.cut
         self.drain = drain
         self.ended = ended  # called once the stream is over, however it ended
 
@@ -89,7 +103,7 @@ class EventStream(Response):
             request_cut("client_left")
             return
         except APIError as error:  # the drain deadline
-            await _body(send, error_event(error) + "data: [DONE]\n\n")
+            await _body(send, self.cut(error))
             request_cut("drained")
         finally:
             await self.events.aclose()  # a stream cut off between two events: its engine request ends now

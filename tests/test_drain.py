@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from benchmarks.server_process import ServerProcess
 
@@ -80,22 +81,40 @@ def test_a_second_sigterm_skips_the_delay(tiny_dir, tmp_path):
         server.stop()
 
 
-def test_streams_still_open_at_the_deadline_end_with_an_error_event(tiny_dir, tmp_path):
+def response_events(url: str, max_tokens: int, into: list) -> None:
+    body = {"input": "go", "max_output_tokens": max_tokens, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60) as response:
+        into.append(response.status_code)
+        into.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_streams_still_open_at_the_deadline_end_as_their_api_ends_a_failure(tiny_dir, tmp_path, route):
+    """A chat stream: an error event and [DONE]; a Responses stream: its open items done and
+    `response.failed`, as OpenAI's events are."""
     deadline = 2
     server = slow_server(tiny_dir, tmp_path, "--graceful-timeout", str(deadline))
     events: list = []
+    reader = stream_events if route == "chat" else response_events
     try:
-        stream = threading.Thread(target=stream_events, args=(server.url, 2000, events))  # far longer than the deadline
+        stream = threading.Thread(target=reader, args=(server.url, 2000, events))  # far longer than the deadline
         stream.start()
-        while len(events) < 3:
+        while len(events) < 5:
             time.sleep(0.05)
         sent = time.perf_counter()
         server.process.send_signal(signal.SIGTERM)
         stream.join(timeout=30)
         assert server.process.wait(timeout=30) == 0
         assert time.perf_counter() - sent < deadline + 5
-        last = json.loads(events[-2][6:])
-        assert last["error"]["code"] == "shutting_down" and events[-1] == "data: [DONE]"
+        if route == "chat":
+            last = json.loads(events[-2][6:])
+            assert last["error"]["code"] == "shutting_down" and events[-1] == "data: [DONE]"
+        else:
+            done, failed = (json.loads(e[6:]) for e in events[-2:])
+            assert done["type"] == "response.output_item.done" and done["item"]["status"] == "incomplete"
+            assert failed["type"] == "response.failed" and failed["response"]["error"]["code"] == "shutting_down"
+            numbers = [json.loads(e[6:])["sequence_number"] for e in events[1:]]
+            assert numbers == list(range(len(numbers)))
     finally:
         log = server.stop()
     assert "outcome=drained" in log
