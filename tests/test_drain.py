@@ -82,7 +82,8 @@ def test_a_second_sigterm_skips_the_delay(tiny_dir, tmp_path):
 
 
 def response_events(url: str, max_tokens: int, into: list) -> None:
-    body = {"input": "go", "max_output_tokens": max_tokens, "stream": True}
+    # greedy: this answer runs past the deadline (Responses has no ignore_eos; sampled, it may stop first)
+    body = {"input": "go", "max_output_tokens": max_tokens, "stream": True, "temperature": 0}
     with httpx.stream("POST", f"{url}/v1/responses", json=body, timeout=60) as response:
         into.append(response.status_code)
         into.extend(line for line in response.iter_lines() if line.startswith("data: "))

@@ -112,6 +112,7 @@ CHATS = {
         "tools": [CHAT_TOOL],
         "tool_choice": "required",
         "max_tokens": 200,
+        "temperature": 0,  # greedy: sampled, a list of parallel calls can run past max_tokens
     },
     "json schema": {
         "messages": [{"role": "user", "content": "Weather?"}],
@@ -183,6 +184,7 @@ RESPONSES = {
         "tools": [{"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": True}],
         "tool_choice": "required",
         "max_output_tokens": 200,
+        "temperature": 0,
     },
     "json schema": {
         "input": "Weather?",
