@@ -177,7 +177,8 @@ class ChoiceReader:
             content, self.calls = _parse_auto(self.text)
             self.text = content  # what the answer's content is, whole
             self.streamed = min(self.streamed, len(content))
-        rest = self._clean(self.text[self.streamed :]) if not self.calls else ""
+        # A required answer is a list of calls, never content, even cut before its first call ended.
+        rest = self._clean(self.text[self.streamed :]) if not self.calls and self.mode.kind != "required" else ""
         self.streamed = len(self.text)
         delta = DeltaMessage(content=rest or None, tool_calls=self._deltas() or None)
         if self.calls and finish_reason == "stop":
@@ -185,7 +186,7 @@ class ChoiceReader:
         return (delta if rest or self.calls else None), finish_reason
 
     def content(self) -> str | None:
-        if self.mode.kind == "named" or (self.calls and self.mode.kind == "required"):
+        if self.mode.kind in ("named", "required"):
             return None
         return self._clean(self.text) or (None if self.calls else "")
 

@@ -240,6 +240,10 @@ def test_a_required_list_cut_short_keeps_its_whole_calls():
     delta, finish_reason = reader.finish("length")
     assert finish_reason == "length" and [c.function.name for c in reader.calls] == ["now"]
     assert reader.content() is None and delta.tool_calls[0].function.arguments == "{}"
+    none_whole = ChoiceReader(ToolMode("required"))
+    none_whole.feed('[{"name": "get_weather", "parameters": {"ci')
+    assert none_whole.finish("length") == (None, "length")  # the list is not content, whole or cut
+    assert none_whole.content() is None and none_whole.calls == []
     whole = ChoiceReader(ToolMode("required"))
     whole.feed('[ {"name": "now", "parameters": {}} , {"name": "now", "parameters": {"x": [1, "]"]}} ]')
     assert [c.function.arguments for c in whole.finish("stop")[0].tool_calls] == ["{}", '{"x": [1, "]"]}']
