@@ -124,7 +124,7 @@ def test_function_calls_in_every_tool_choice(mono_client):
     for choice in ("required", {"type": "function", "name": "get_weather"}):
         answer = create(
             mono_client, input="Weather in Oslo?", tools=TOOLS, tool_choice=choice, max_output_tokens=200, temperature=0
-        )  # greedy: sampled, a list of parallel calls can run past 200 tokens
+        )  # greedy: sampled, a list of parallel calls can run past max_output_tokens
         calls = [item for item in answer.output if item.type == "function_call"]
         assert answer.status == "completed" and calls
         for call in calls:
