@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from monovl.engine.async_llm import AsyncLLM
 from monovl.engine.inputs import PromptInputs
 from monovl.engine.llm_engine import EngineConfig, LLMEngine
 from monovl.engine.sampling_params import SamplingParams
@@ -106,3 +108,20 @@ def solo_results(model, tokens, workload) -> dict[tuple[str, int], Completion]:
     for request_id, prompt, params in workload:
         results.update(run(engine, {0: [(request_id, prompt, params)]}))
     return results
+
+
+async def blocks_free_after_leaving(engine: AsyncLLM, prompt: PromptInputs, num_blocks: int) -> bool:
+    """Leave a long stream after its first token: whether it held blocks then, and every block is
+    free again within two seconds (its request aborted in the core, wherever the core runs)."""
+    stream = engine.generate("leaver", prompt, SamplingParams(temperature=0, max_tokens=400, ignore_eos=True))
+    async for output in stream:
+        if output.new_token_ids:
+            break
+    held = engine.stats().num_free_blocks < num_blocks
+    await stream.aclose()
+    for _ in range(200):
+        stats = engine.stats()
+        if stats.num_free_blocks == num_blocks and stats.running == stats.waiting == 0:
+            return held
+        await asyncio.sleep(0.01)
+    return False

@@ -14,7 +14,7 @@ from monovl.engine.llm_engine import EngineConfig, LLMEngine, RequestError, Toke
 from monovl.engine.output_processor import OutputProcessor
 from monovl.engine.output_streams import EngineNotAnswering, _deliver
 from monovl.engine.sampling_params import SamplingParams
-from tests.engine_helpers import mixed_workload
+from tests.engine_helpers import blocks_free_after_leaving, mixed_workload
 
 
 def front_end(build, preprocessor) -> AsyncLLM:
@@ -102,17 +102,7 @@ def test_each_step_wakes_the_event_loop_once_for_all_its_outputs(async_engine, p
 
 def test_leaving_a_stream_aborts_and_frees_blocks(async_engine, preprocessor):
     _, prompt, _ = mixed_workload(preprocessor)[4]
-    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
-
-    async def main():
-        stream = async_engine.generate("leaver", prompt, params)
-        async for output in stream:
-            if output.new_token_ids:
-                break
-        await stream.aclose()
-        return await idle(async_engine)
-
-    assert asyncio.run(main())
+    assert asyncio.run(blocks_free_after_leaving(async_engine, prompt, 1024))
 
 
 def test_n_completions_stream_until_all_finish(async_engine, preprocessor):

@@ -23,7 +23,7 @@ from monovl.engine.structured_output import StructuredOutput
 from monovl.model.config import ModelConfig
 from monovl.model.loader import CheckpointError
 from monovl.preprocessing.processor import Preprocessor
-from tests.engine_helpers import FakeDecoder, mixed_workload, run
+from tests.engine_helpers import FakeDecoder, blocks_free_after_leaving, mixed_workload, run
 
 CONFIG = EngineConfig(num_kv_blocks=1024, max_num_batched_tokens=256)
 
@@ -124,18 +124,7 @@ def test_a_stop_string_ends_its_completion_here_and_in_the_core_while_the_other_
 
 def test_leaving_a_stream_aborts_it_in_the_core_and_frees_its_blocks(engine_process, preprocessor):
     _, prompt, _ = mixed_workload(preprocessor)[4]
-    params = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-
-    async def main():
-        stream = engine_process.generate("leaver", prompt, params)
-        async for output in stream:
-            if output.new_token_ids:
-                break
-        assert engine_process.stats().num_free_blocks < 1024
-        await stream.aclose()
-        return await free_blocks_return(engine_process, 1024)
-
-    assert asyncio.run(main())
+    assert asyncio.run(blocks_free_after_leaving(engine_process, prompt, 1024))
 
 
 def test_refusals_cross_back_as_request_errors_and_the_core_goes_on(engine_process, preprocessor):
