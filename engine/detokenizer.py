@@ -67,3 +67,14 @@ class IncrementalDetokenizer:
         delta = self.text[self.emitted : end]
         self.emitted = end
         return delta
+
+
+def text_offsets(decoder: TokenDecoder, ids: list[int], skip_special_tokens: bool = True) -> list[int]:
+    """Where each id's text begins in the text decoded from them, as the incremental decoding makes it
+    (a character split over byte pieces begins where its first byte does)."""
+    text = IncrementalDetokenizer(decoder, (), skip_special_tokens)
+    offsets = []
+    for token_id in ids:
+        offsets.append(len(text.text))
+        text.append(token_id)
+    return offsets

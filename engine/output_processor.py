@@ -95,19 +95,24 @@ class OutputProcessor:
             completion.first_timings, completion.first_seen = output.timings, time.monotonic()
         detokenizer = completion.detokenizer
         ids = output.new_token_ids
+        offsets = []
         for taken, token in enumerate(ids, 1):
+            offsets.append(len(detokenizer.text))
             # A stop token ends the text and is not part of it (as vLLM), special or not; the engine
             # finishes a completion on one, so only an output's last token can be one.
             if output.finish_reason == "stop" and taken == len(ids) and token in completion.stop_token_ids:
                 break
             if detokenizer.append(token) is not None:
-                return self._stopped_at(completion, output, taken), True
+                return self._stopped_at(completion, output, taken, offsets), True
         if output.finished:
             detokenizer.flush()
         timings = output.timings if output.finished else None  # with the last output, as the engine's
-        return replace(output, new_text=detokenizer.take_delta(output.finished), timings=timings), False
+        text = detokenizer.take_delta(output.finished)
+        return replace(output, new_text=text, timings=timings, new_text_offsets=tuple(offsets)), False
 
-    def _stopped_at(self, completion: _Completion, output: RequestOutput, taken: int) -> RequestOutput:
+    def _stopped_at(
+        self, completion: _Completion, output: RequestOutput, taken: int, offsets: list[int]
+    ) -> RequestOutput:
         """The output cut after its `taken`-th token, which completed a stop string."""
         dropped = len(output.new_token_ids) - taken
         logprobs = output.new_logprobs[:taken] if len(output.new_logprobs) == len(output.new_token_ids) else []
@@ -124,6 +129,7 @@ class OutputProcessor:
             num_output_tokens=output.num_output_tokens - dropped,
             error=None,
             timings=timings,
+            new_text_offsets=tuple(offsets),
         )
 
 

@@ -39,3 +39,6 @@ class RequestOutput:
     # With the last output; an engine built with detokenize=False sends them with the first too, for
     # the OutputProcessor that may finish the completion on a stop string.
     timings: RequestTimings | None = None
+    # Set by the OutputProcessor: where each new token's text begins in the completion's text (a
+    # character split over byte pieces begins where its first byte does).
+    new_text_offsets: tuple[int, ...] = ()

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, StrictInt, field_validator
 from starlette.responses import Response
 
-from monovl.engine.detokenizer import IncrementalDetokenizer
+from monovl.engine.detokenizer import text_offsets
 from monovl.engine.inputs import PromptInputs
 from monovl.engine.outputs import RequestOutput, TokenLogprob
 from monovl.engine.sampling_params import SamplingParams, SamplingParamsError
@@ -145,23 +145,7 @@ def prompt_offsets(tokenizer: Tokenizer, prompt: str | list[int], inputs: Prompt
     """Runs in the worker pool: where each of the prompt's tokens begins in its echoed text."""
     if isinstance(prompt, str):
         return tokenizer.offsets(prompt)
-    return TextOffsets(tokenizer, 0, skip_special_tokens=True).take(inputs.token_ids)
-
-
-class TextOffsets:
-    """Where each token's text begins in the text decoded from the tokens before it, decoded as the
-    engine decodes them (a character split over byte pieces begins where its first byte does)."""
-
-    def __init__(self, tokenizer: Tokenizer, start: int, skip_special_tokens: bool) -> None:
-        self._text = IncrementalDetokenizer(tokenizer, (), skip_special_tokens)
-        self._start = start
-
-    def take(self, token_ids: list[int]) -> list[int]:
-        offsets = []
-        for token_id in token_ids:
-            offsets.append(self._start + len(self._text.text))
-            self._text.append(token_id)
-        return offsets
+    return text_offsets(tokenizer, inputs.token_ids)  # as tokenize_prompt decodes its echo
 
 
 async def prepare(state: ServerState, request: CompletionRequest) -> PreparedCompletion:
@@ -312,6 +296,7 @@ async def complete(
     count = len(prepared.prompts) * n
     texts = {i: prepared.prompts[i // n].prompt if echo else "" for i in range(count)}
     logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(count)}
+    offsets: dict[int, list[int]] = {i: [] for i in range(count)}  # in the generated text
     prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}  # by prompt
     reasons: dict[int, str | None] = {}
     tallies: list[Tally] = []
@@ -324,6 +309,7 @@ async def complete(
         if prepared.generates:
             texts[index] += item.new_text
             logprobs[index] += item.new_logprobs
+            offsets[index] += item.new_text_offsets
         if item.finished:
             if item.finish_reason == "error":
                 raise APIError(500, item.error or "internal error", type="server_error")
@@ -332,9 +318,8 @@ async def complete(
     if params.logprobs is not None:
         for i in range(count):
             start = len(prepared.prompts[i // n].prompt) if echo else 0
-            ids = [lp.token_id for lp in logprobs[i]]
-            offsets = TextOffsets(tokenizer, start, params.skip_special_tokens).take(ids)
-            own[i] = legacy_logprobs(tokenizer, [(lp.token_id, lp) for lp in logprobs[i]], offsets)
+            entries = [(lp.token_id, lp) for lp in logprobs[i]]
+            own[i] = legacy_logprobs(tokenizer, entries, [start + offset for offset in offsets[i]])
     echoes = echo and params.logprobs is not None
     choices = [
         CompletionChoice(index=i, text=texts[i], logprobs=None if echoes else own.get(i), finish_reason=reasons.get(i))
@@ -357,8 +342,8 @@ async def stream(
     created = int(time.time())
     model = state.settings.served_model_name
     count = len(prepared.prompts) * n
+    # where each choice's generated text begins in the choice's text
     start = {i: len(prepared.prompts[i // n].prompt) if request.echo else 0 for i in range(count)}
-    offsets = {i: TextOffsets(tokenizer, start[i], params.skip_special_tokens) for i in range(count)}
     tallies: list[Tally] = []
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
@@ -388,8 +373,8 @@ async def stream(
             return []
         lp = None
         if params.logprobs is not None:
-            ids = [entry.token_id for entry in new_logprobs]
-            lp = legacy_logprobs(tokenizer, [(e.token_id, e) for e in new_logprobs], offsets[index].take(ids))
+            entries = [(entry.token_id, entry) for entry in new_logprobs]
+            lp = legacy_logprobs(tokenizer, entries, [start[index] + offset for offset in item.new_text_offsets])
         choice = CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=_finish_reason(prepared, item))
         return [chunk([choice])]
 

@@ -41,6 +41,7 @@ def test_text_comes_out_as_the_tokens_come_and_the_last_output_flushes_it():
     first = text.process([output("ab")]).outputs
     last = text.process([output("c", emitted=2, finished=True, finish_reason="length")]).outputs
     assert [o.new_text for o in first + last] == ["ab", "c"] and last[0].finished
+    assert [o.new_text_offsets for o in first + last] == [(0, 1), (2,)]
     assert len(text) == 0
 
 
@@ -58,6 +59,8 @@ def test_a_stop_string_cuts_the_output_after_the_token_that_completed_it_and_nam
     )  # "z" was held: it might start "XY" and cut.finish_reason == "stop"
     assert cut.new_token_ids == list(b"abXY") and cut.new_logprobs == logprobs[:4]
     assert cut.num_output_tokens == 5  # z, a, b, X, Y: what came after Y is not the completion's
+    # each token where the completion's text has it, the one held included: z at 0, a at 1 ... Y at 4
+    assert held.new_text_offsets == (0,) and cut.new_text_offsets == (1, 2, 3, 4)
     assert cut.timings.queued == 0.5 and cut.timings.prefill == 0.25 and cut.timings.decode >= 0
     # Whatever the engine still sends for it (a step already under way) is dropped.
     assert text.process([output("ef", emitted=7)]).outputs == [] and len(text) == 0

@@ -6,8 +6,8 @@ import random
 import pytest
 import sentencepiece as spm
 
+from monovl.engine.detokenizer import text_offsets
 from monovl.preprocessing.tokenizer import Tokenizer, TokenizerError
-from monovl.server.completions import TextOffsets
 
 
 @pytest.fixture(scope="module", params=[1, 0], ids=["dummy-prefix", "no-dummy-prefix"])
@@ -111,7 +111,7 @@ def test_text_offsets_of_any_ids_are_where_the_decoded_text_has_them(checkpoint)
     for _ in range(200):  # byte pieces, specials and unknown ids among them
         ids = [rng.randrange(tok.vocab_size + 2) for _ in range(rng.randrange(1, 30))]
         for skip in (True, False):
-            assert TextOffsets(tok, 7, skip).take(ids) == [7 + n for n in prefix_lengths(tok, ids, skip)], ids
+            assert text_offsets(tok, ids, skip) == prefix_lengths(tok, ids, skip), ids
 
 
 def test_decode_skips_special_tokens_and_joins_bytes(tiny_dir):
