@@ -61,7 +61,7 @@ class CompletionRequest(SamplingRequest):
         if not isinstance(prompt, list) or not prompt:
             return prompt
         if not all(isinstance(p, str | list) for p in prompt):
-            _check_token_ids(prompt)
+            _integers_only(prompt)
             return prompt
         if len(prompt) > MAX_PROMPTS:
             raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
@@ -69,11 +69,11 @@ class CompletionRequest(SamplingRequest):
             raise ValueError("a list of prompts holds strings or lists of token ids, not both")
         for k, item in enumerate(prompt):
             if isinstance(item, list):
-                _check_token_ids(item, f"item {k}[", "]")
+                _integers_only(item, f"item {k}[", "]")
         return prompt
 
 
-def _check_token_ids(ids: list, before: str = "item ", after: str = "") -> None:
+def _integers_only(ids: list, before: str = "item ", after: str = "") -> None:
     for k, token in enumerate(ids):
         if isinstance(token, bool) or not isinstance(token, int):
             raise ValueError(

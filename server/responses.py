@@ -48,16 +48,14 @@ from monovl.server.tools import ChoiceReader
 # A chat field's name in a refusal, as the Responses request names it.
 _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 
+_NO_LOGPROBS = "logprobs are not given on /v1/responses; use /v1/chat/completions"
 # Responses fields this server cannot honour. Others it does not use (`reasoning`, `include` of
 # outputs it never makes, `safety_identifier`, `prompt_cache_key`, `service_tier`) change nothing.
 UNSUPPORTED: Unsupported = {
     "conversation": (lambda v: v is not None, "conversation objects are not supported; send previous_response_id"),
     "prompt": (lambda v: v is not None, "stored prompt templates are not supported by this server; send input"),
-    "top_logprobs": (lambda v: v not in (None, 0), "logprobs are not given on /v1/responses; use /v1/chat/completions"),
-    "include": (
-        lambda v: isinstance(v, list) and "message.output_text.logprobs" in v,
-        "logprobs are not given on /v1/responses; use /v1/chat/completions",
-    ),
+    "top_logprobs": (lambda v: v not in (None, 0), _NO_LOGPROBS),
+    "include": (lambda v: isinstance(v, list) and "message.output_text.logprobs" in v, _NO_LOGPROBS),
     "max_tool_calls": (lambda v: v is not None, "max_tool_calls is not supported; bound calls with max_output_tokens"),
     "context_management": (lambda v: v is not None, "context management (compaction) is not supported"),
     "background": (lambda v: v not in (None, False), "background runs are not supported; send background false"),
